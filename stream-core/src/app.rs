@@ -1,0 +1,380 @@
+//! The application: configuration, declared topics and agents, and the worker
+//! that runs them.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::agent::{Agent, AgentDef};
+use crate::error::{BoxError, Error, Result};
+use crate::record::Payload;
+use crate::stream::EventStream;
+use crate::timer::{Schedule, TimerDef};
+use crate::topic::{Topic, TopicInfo};
+use crate::tracking::{SendTracker, lock};
+use crate::transport::{self, Producer, Transport};
+use crate::worker::Worker;
+
+/// The configuration of an [`App`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    /// The app id: the consumer group, and the prefix of internal topics.
+    pub id: String,
+    /// `memory://[name]` or `kafka://host:port[,host:port]`.
+    pub broker: String,
+    /// Where table stores live.
+    pub state_dir: PathBuf,
+    /// The HTTP port (`0` picks a free one).
+    pub web_port: u16,
+    /// How often processed offsets are committed.
+    pub commit_interval: Duration,
+    /// How long shutdown waits for in-flight events.
+    pub shutdown_timeout: Duration,
+    /// Partitions of topics declared without a count.
+    pub default_partitions: i32,
+    /// Replication factor of created topics.
+    pub replication: i16,
+    /// librdkafka properties from `STROM_KAFKA_*`, lower-cased and dotted.
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl AppConfig {
+    /// Defaults for an app id: Kafka on 127.0.0.1:9092, state in `./state/<id>`,
+    /// web port 6066, commits every second.
+    pub fn new(id: impl Into<String>) -> Self {
+        let id = id.into();
+        AppConfig {
+            state_dir: PathBuf::from("state").join(&id),
+            id,
+            broker: "kafka://127.0.0.1:9092".into(),
+            web_port: 6066,
+            commit_interval: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(30),
+            default_partitions: 1,
+            replication: 1,
+            kafka: BTreeMap::new(),
+        }
+    }
+
+    /// Applies the environment: `STROM_BROKER`, `STROM_STATE_DIR`,
+    /// `STROM_WEB_PORT`, `STROM_COMMIT_INTERVAL_MS`, `STROM_SHUTDOWN_TIMEOUT_MS`,
+    /// `STROM_REPLICATION` and every `STROM_KAFKA_<PROPERTY>`.
+    pub fn apply_env(mut self) -> Result<Self> {
+        self.apply_vars(std::env::vars())?;
+        Ok(self)
+    }
+
+    fn apply_vars(&mut self, vars: impl Iterator<Item = (String, String)>) -> Result<()> {
+        fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T> {
+            value.trim().parse().map_err(|_| Error::Config(format!("{name}={value:?} is not a valid number")))
+        }
+        for (name, value) in vars {
+            match name.as_str() {
+                "STROM_BROKER" => self.broker = value,
+                "STROM_STATE_DIR" => self.state_dir = PathBuf::from(value),
+                "STROM_WEB_PORT" => self.web_port = parse(&name, &value)?,
+                "STROM_COMMIT_INTERVAL_MS" => self.commit_interval = Duration::from_millis(parse(&name, &value)?),
+                "STROM_SHUTDOWN_TIMEOUT_MS" => self.shutdown_timeout = Duration::from_millis(parse(&name, &value)?),
+                "STROM_REPLICATION" => self.replication = parse(&name, &value)?,
+                _ => {
+                    if let Some(prop) = name.strip_prefix("STROM_KAFKA_") {
+                        self.kafka.insert(prop.to_ascii_lowercase().replace('_', "."), value);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds an [`App`]: code defaults first, then (with [`env`](Self::env)) the
+/// environment over them.
+///
+/// ```
+/// let app = stream_core::App::builder("hello")
+///     .broker("memory://")      // the default when STROM_BROKER is not set
+///     .env()?                   // STROM_* variables override
+///     .build()?;
+/// assert_eq!(app.id(), "hello");
+/// # Ok::<(), stream_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct AppBuilder {
+    config: AppConfig,
+}
+
+impl AppBuilder {
+    /// Sets the broker URL.
+    pub fn broker(mut self, url: impl Into<String>) -> Self {
+        self.config.broker = url.into();
+        self
+    }
+
+    /// Sets the state directory.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.state_dir = dir.into();
+        self
+    }
+
+    /// Sets the HTTP port.
+    pub fn web_port(mut self, port: u16) -> Self {
+        self.config.web_port = port;
+        self
+    }
+
+    /// Sets the commit interval.
+    pub fn commit_interval(mut self, every: Duration) -> Self {
+        self.config.commit_interval = every;
+        self
+    }
+
+    /// Sets how long shutdown waits for in-flight events.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.config.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Sets the partition count of topics declared without one.
+    pub fn default_partitions(mut self, partitions: i32) -> Self {
+        self.config.default_partitions = partitions;
+        self
+    }
+
+    /// Applies the environment (see [`AppConfig::apply_env`]).
+    pub fn env(mut self) -> Result<Self> {
+        self.config = self.config.apply_env()?;
+        Ok(self)
+    }
+
+    /// The configuration so far.
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    /// Connects the transport and makes the app.
+    pub fn build(self) -> Result<App> {
+        App::with_config(self.config)
+    }
+}
+
+/// What every part of a running app shares: the transport, the producer and
+/// the acknowledgement tracker, and the registry of declared topics.
+pub(crate) struct AppCore {
+    pub(crate) config: AppConfig,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) producer: Arc<dyn Producer>,
+    pub(crate) sends: Arc<SendTracker>,
+    pub(crate) topics: Mutex<BTreeMap<String, TopicInfo>>,
+}
+
+/// A Strom application: topics, agents, timers, and the worker that runs them.
+///
+/// ```no_run
+/// use stream_core::prelude::*;
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), stream_core::Error> {
+///     let app = App::builder("greeter").broker("memory://").env()?.build()?;
+///     let names = app.topic::<(), String>("names");
+///     app.agent("greet", &names, |mut names| async move {
+///         while let Some(name) = names.next().await {
+///             println!("Hello, {}!", name.value());
+///         }
+///         Ok(())
+///     });
+///     app.main().await
+/// }
+/// ```
+#[derive(Clone)]
+pub struct App {
+    pub(crate) core: Arc<AppCore>,
+    pub(crate) agents: Arc<Mutex<Vec<Arc<Mutex<AgentDef>>>>>,
+    pub(crate) timers: Arc<Mutex<Vec<TimerDef>>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("id", &self.core.config.id).field("broker", &self.core.config.broker).finish()
+    }
+}
+
+impl App {
+    /// A builder with defaults for `id`.
+    pub fn builder(id: impl Into<String>) -> AppBuilder {
+        AppBuilder { config: AppConfig::new(id) }
+    }
+
+    /// An app configured from the environment (see [`AppConfig::apply_env`]).
+    pub fn from_env(id: impl Into<String>) -> Result<App> {
+        Self::builder(id).env()?.build()
+    }
+
+    /// An app with this configuration.
+    pub fn with_config(config: AppConfig) -> Result<App> {
+        if config.id.is_empty() || config.id.chars().any(|c| !(c.is_ascii_alphanumeric() || "._-".contains(c))) {
+            return Err(Error::Config(format!(
+                "app id {:?}: use letters, digits, '.', '_' and '-' (it names the consumer group and internal topics)",
+                config.id
+            )));
+        }
+        let sends = SendTracker::new();
+        let transport = transport::connect(&config.broker, &config, sends.clone())?;
+        let producer = transport.producer();
+        Ok(App {
+            core: Arc::new(AppCore { config, transport, producer, sends, topics: Mutex::default() }),
+            agents: Arc::default(),
+            timers: Arc::default(),
+        })
+    }
+
+    /// The app id.
+    pub fn id(&self) -> &str {
+        &self.core.config.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AppConfig {
+        &self.core.config
+    }
+
+    /// Declares a topic with key type `K` and value type `V`, using their
+    /// default codecs. Declared topics are created when the worker starts.
+    pub fn topic<K: Payload, V: Payload>(&self, name: &str) -> Topic<K, V> {
+        Topic::declare(self.core.clone(), name)
+    }
+
+    /// Declares an agent: `handler` is called with the stream of events of
+    /// `topic` and processes them, in order per partition.
+    ///
+    /// The handler returns when its stream ends (at shutdown). An error it
+    /// returns is handled by the agent's [`ErrorPolicy`](crate::ErrorPolicy):
+    /// the events it was handling are retried, then dead-lettered or the agent
+    /// stops.
+    pub fn agent<K, V, F, Fut>(&self, name: &str, topic: &Topic<K, V>, handler: F) -> Agent
+    where
+        K: Payload,
+        V: Payload,
+        F: Fn(EventStream<K, V>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        let def = Arc::new(Mutex::new(AgentDef::new(name, topic, handler)));
+        lock(&self.agents).push(def.clone());
+        Agent { def }
+    }
+
+    /// Runs `f` every `every` while the worker runs (the first run after one period).
+    pub fn timer<F, Fut>(&self, name: &str, every: Duration, f: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        lock(&self.timers).push(TimerDef::new(name, Schedule::Every(every), f));
+    }
+
+    /// Runs `f` on a cron schedule (UTC), e.g. `"*/5 * * * *"` (every five
+    /// minutes) or with seconds, `"*/10 * * * * *"`.
+    pub fn crontab<F, Fut>(&self, name: &str, expr: &str, f: F) -> Result<()>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        let schedule = Schedule::cron(expr)?;
+        lock(&self.timers).push(TimerDef::new(name, schedule, f));
+        Ok(())
+    }
+
+    /// The declared agents: name, source topic, concurrency.
+    pub fn agents(&self) -> Vec<(String, String, usize)> {
+        lock(&self.agents)
+            .iter()
+            .map(|d| {
+                let d = lock(d);
+                (d.name.clone(), d.topic.to_string(), d.concurrency)
+            })
+            .collect()
+    }
+
+    /// The declared topics, with their dead-letter topics.
+    pub fn topics(&self) -> Vec<crate::transport::TopicSpec> {
+        self.topic_specs()
+    }
+
+    pub(crate) fn topic_specs(&self) -> Vec<crate::transport::TopicSpec> {
+        let mut specs: BTreeMap<String, crate::transport::TopicSpec> =
+            lock(&self.core.topics).values().map(|t| (t.spec.name.clone(), t.spec.clone())).collect();
+        let sources: Vec<String> = lock(&self.agents).iter().map(|d| lock(d).topic.to_string()).collect();
+        let stage_topics: Vec<String> =
+            lock(&self.core.topics).values().filter(|t| t.consumed).map(|t| t.spec.name.clone()).collect();
+        for source in sources.into_iter().chain(stage_topics) {
+            if let Some(spec) = specs.get(&source).cloned() {
+                let dlq = crate::dlq::dlq_topic(&source);
+                specs.entry(dlq.clone()).or_insert(crate::transport::TopicSpec { name: dlq, ..spec });
+            }
+        }
+        specs.into_values().collect()
+    }
+
+    /// Starts the worker: creates topics, joins the consumer group and runs
+    /// the agents and timers until [`Worker::stop`].
+    pub async fn start(&self) -> Result<Worker> {
+        Worker::start(self.clone()).await
+    }
+
+    /// Runs the worker until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run(&self) -> Result<()> {
+        let worker = self.start().await?;
+        worker.run_until_signal().await
+    }
+
+    /// The command line: `worker` (default), `send`, `agents`, `topics`.
+    pub async fn main(&self) -> Result<()> {
+        crate::cli::main(self, std::env::args_os()).await
+    }
+
+    /// The memory broker, when the app runs on `memory://`.
+    pub fn memory_broker(&self) -> Option<crate::transport::memory::MemoryBroker> {
+        self.core.transport.memory_broker()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let mut c = AppConfig::new("svc");
+        c.apply_vars(
+            [
+                ("STROM_BROKER", "memory://x"),
+                ("STROM_WEB_PORT", "0"),
+                ("STROM_COMMIT_INTERVAL_MS", "250"),
+                ("STROM_KAFKA_SESSION_TIMEOUT_MS", "6000"),
+                ("STROM_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                ("UNRELATED", "1"),
+            ]
+            .into_iter()
+            .map(|(a, b)| (a.to_owned(), b.to_owned())),
+        )
+        .unwrap();
+        assert_eq!(c.broker, "memory://x");
+        assert_eq!(c.web_port, 0);
+        assert_eq!(c.commit_interval, Duration::from_millis(250));
+        assert_eq!(c.kafka.get("session.timeout.ms").map(String::as_str), Some("6000"));
+        assert_eq!(c.kafka.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        assert_eq!(c.state_dir, PathBuf::from("state/svc"));
+    }
+
+    #[test]
+    fn bad_values_are_clear_errors() {
+        let mut c = AppConfig::new("svc");
+        let e = c.apply_vars(std::iter::once(("STROM_WEB_PORT".to_owned(), "http".to_owned()))).unwrap_err();
+        assert_eq!(e.to_string(), "configuration: STROM_WEB_PORT=\"http\" is not a valid number");
+        let e = App::builder("bad id!").broker("memory://").build().unwrap_err();
+        assert!(e.to_string().contains("app id"), "{e}");
+        let e = App::builder("x").broker("nats://1").build().unwrap_err();
+        assert!(e.to_string().contains("expected memory:// or kafka://"), "{e}");
+    }
+}

@@ -1,0 +1,83 @@
+//! # Strom
+//!
+//! Faust-style stream processing for Rust: small async **agents** consume typed
+//! **topics**, in order per partition, and their offsets are committed only once
+//! everything they produced is safely on the broker.
+//!
+//! ```
+//! use std::time::Duration;
+//! use serde::{Deserialize, Serialize};
+//! use stream_core::prelude::*;
+//!
+//! #[derive(Record, Serialize, Deserialize, Clone, Debug)]
+//! struct Order {
+//!     #[record(key)]
+//!     id: u64,
+//!     #[record(range(min = 0.0))]
+//!     amount: f64,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = App::builder("shop").broker("memory://").build()?;
+//! let orders = app.topic::<u64, Order>("orders").partitions(4);
+//! let large = app.topic::<u64, Order>("large-orders");
+//!
+//! let out = large.clone();
+//! app.agent("find-large", &orders, move |orders| {
+//!     let out = out.clone();
+//!     async move {
+//!         let mut large = orders.filter(|o| o.value().amount > 1000.0);
+//!         while let Some(order) = large.next().await {
+//!             out.send_record(order.value()).await?;
+//!         }
+//!         Ok(())
+//!     }
+//! })
+//! .concurrency(2);
+//!
+//! let worker = app.start().await?;
+//! orders.send_record(&Order { id: 1, amount: 5000.0 }).await?;
+//! # tokio::time::sleep(Duration::from_millis(50)).await;
+//! worker.stop().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The guide is in `docs/GUIDE.md`, the design in `docs/ARCHITECTURE.md`.
+#[allow(unused_extern_crates)]
+extern crate self as stream_core;
+
+mod agent;
+mod app;
+mod cli;
+pub mod codec;
+pub mod dlq;
+mod error;
+mod event;
+pub mod record;
+mod stream;
+mod timer;
+mod topic;
+pub mod testing;
+pub mod tracking;
+pub mod transport;
+mod worker;
+
+pub use agent::{Agent, AgentStats, ErrorPolicy, OnExhausted};
+pub use app::{App, AppBuilder, AppConfig};
+pub use cli::{init_logging, run_command};
+pub use error::{BoxError, Error, Origin, Result};
+pub use event::Event;
+pub use record::{Payload, Record, Schema, ValidationError};
+pub use stream::{Batches, EventStream};
+#[cfg(feature = "derive")]
+pub use stream_macros::Record;
+pub use topic::{MessageBuilder, Topic};
+pub use tracking::DeliveryReceipt;
+pub use worker::Worker;
+
+/// The usual imports: `use stream_core::prelude::*;`.
+pub mod prelude {
+    pub use crate::{App, BoxError, ErrorPolicy, Event, EventStream, Payload, Record, Topic};
+    pub use futures::StreamExt;
+}

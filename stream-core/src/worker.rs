@@ -1,0 +1,480 @@
+//! The worker: consumes the agents' topics, hands events to agent instances,
+//! commits what is done, and shuts down cleanly.
+//!
+//! One consumer per worker, in the consumer group named by the app id. A single
+//! dispatcher task reads its events: assignments create a commit tracker per
+//! (agent, partition); messages are registered with their trackers and routed
+//! to the instance chosen by the key's hash; revocations drain and commit the
+//! partitions before the consumer lets them go. A committer commits positions on
+//! an interval.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::agent::{AgentRuntime, Command, supervise};
+use crate::app::{App, AppCore};
+use crate::error::{Error, Result};
+use crate::event::Delivery;
+use crate::tracking::{PartitionTracker, lock};
+use crate::transport::{ConsumerControl, ConsumerEvent, RawMessage, TopicPartition, partition_for_key};
+
+/// Routes of one topic to one agent's instances.
+struct Route {
+    agent: usize,
+    senders: Vec<mpsc::Sender<Vec<Delivery>>>,
+    trackers: HashMap<i32, Arc<PartitionTracker>>,
+}
+
+/// Trackers by partition, and what was last committed: shared by the
+/// dispatcher, the committer and shutdown.
+#[derive(Default)]
+struct Commits {
+    trackers: BTreeMap<TopicPartition, Vec<Arc<PartitionTracker>>>,
+    committed: HashMap<TopicPartition, i64>,
+}
+
+impl Commits {
+    /// The position to commit for a partition: the least position of its
+    /// trackers, if every tracker with work has done some.
+    fn position(trackers: &[Arc<PartitionTracker>]) -> Option<i64> {
+        let mut least: Option<i64> = None;
+        for t in trackers {
+            match t.position() {
+                Some(p) => least = Some(least.map_or(p, |l| l.min(p))),
+                None if t.in_flight() > 0 => return None,
+                None => {}
+            }
+        }
+        least
+    }
+
+    /// What changed since the last commit, for these partitions (all if `None`).
+    fn due(&self, only: Option<&[TopicPartition]>) -> Vec<(TopicPartition, i64)> {
+        let mut out = Vec::new();
+        for (tp, trackers) in &self.trackers {
+            if only.is_some_and(|o| !o.contains(tp)) {
+                continue;
+            }
+            if let Some(p) = Self::position(trackers) {
+                if self.committed.get(tp) != Some(&p) {
+                    out.push((tp.clone(), p));
+                }
+            }
+        }
+        out
+    }
+}
+
+struct Shared {
+    core: Arc<AppCore>,
+    control: Arc<dyn ConsumerControl>,
+    commits: Mutex<Commits>,
+    ready: AtomicBool,
+    failure: Mutex<Option<Error>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn commit(&self, only: Option<&[TopicPartition]>) {
+        let mut commits = lock(&self.commits);
+        let due = commits.due(only);
+        if due.is_empty() {
+            return;
+        }
+        match self.control.commit(&due) {
+            Ok(()) => {
+                for (tp, p) in due {
+                    commits.committed.insert(tp, p);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "commit failed; will retry"),
+        }
+    }
+
+    fn fail(&self, error: Error) {
+        let mut slot = lock(&self.failure);
+        if slot.is_none() {
+            tracing::error!(%error, "worker failing");
+            *slot = Some(error);
+        }
+        self.stop.send_replace(true);
+    }
+}
+
+/// A running worker. [`stop`](Self::stop) it to shut down cleanly.
+pub struct Worker {
+    shared: Arc<Shared>,
+    agents: Vec<Arc<AgentRuntime>>,
+    dispatcher: Option<tokio::task::JoinHandle<()>>,
+    instances: JoinSet<()>,
+    background: JoinSet<()>,
+    stop_rx: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("app", &self.shared.core.config.id).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    pub(crate) async fn start(app: App) -> Result<Worker> {
+        let core = app.core.clone();
+        let defs: Vec<_> = lock(&app.agents).clone();
+        let mut names = HashSet::new();
+        for def in &defs {
+            let def = lock(def);
+            if !names.insert(def.name.clone()) {
+                return Err(Error::Usage(format!("two agents are named {:?}", def.name)));
+            }
+        }
+        let specs = app.topic_specs();
+        core.transport.ensure_topics(&specs).await?;
+
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let mut agents = Vec::new();
+        let mut routes: HashMap<Arc<str>, Vec<Route>> = HashMap::new();
+        for (index, def) in defs.iter().enumerate() {
+            let def = lock(def);
+            let (runtime, senders) = AgentRuntime::new(index, &def, core.clone(), commands_tx.clone());
+            routes.entry(def.topic.clone()).or_default().push(Route { agent: index, senders, trackers: HashMap::new() });
+            agents.push(runtime);
+        }
+        drop(commands_tx);
+        let mut topics: Vec<String> = routes.keys().map(|t| t.to_string()).collect();
+        topics.sort();
+
+        let consumer = core.transport.consumer(&core.config.id, &topics)?;
+        let (stop, stop_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            core: core.clone(),
+            control: consumer.control.clone(),
+            commits: Mutex::default(),
+            ready: AtomicBool::new(false),
+            failure: Mutex::default(),
+            stop,
+        });
+
+        let mut instances = JoinSet::new();
+        for agent in &agents {
+            for index in 0..agent.instances.len() {
+                let agent = agent.clone();
+                let shared = shared.clone();
+                instances.spawn(async move {
+                    if let Err(e) = supervise(agent, index).await {
+                        shared.fail(e);
+                    }
+                });
+            }
+        }
+
+        let dispatcher = Dispatcher { shared: shared.clone(), agents: agents.clone(), routes, assigned: HashSet::new() };
+        let dispatcher = tokio::spawn(dispatcher.run(consumer.events, commands_rx));
+
+        let mut background = JoinSet::new();
+        background.spawn(commit_loop(shared.clone(), stop_rx.clone()));
+        for timer in lock(&app.timers).iter().cloned() {
+            background.spawn(timer.run(stop_rx.clone()));
+        }
+        tracing::info!(app = %core.config.id, broker = %core.config.broker, agents = agents.len(), "worker started");
+        Ok(Worker { shared, agents, dispatcher: Some(dispatcher), instances, background, stop_rx })
+    }
+
+    /// Whether the worker has received its first assignment.
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Acquire)
+    }
+
+    /// The counters of an agent.
+    pub fn agent_stats(&self, name: &str) -> Option<Arc<crate::agent::AgentStats>> {
+        self.agents.iter().find(|a| a.name == name).map(|a| a.stats.clone())
+    }
+
+    /// Commits what is done now, without waiting for the interval.
+    pub fn commit_now(&self) {
+        self.shared.commit(None);
+    }
+
+    /// Resolves when the worker must stop on its own (an agent stopped, a send
+    /// was refused). Used by [`run_until_signal`](Self::run_until_signal).
+    pub async fn stopped(&mut self) {
+        let _ = self.stop_rx.wait_for(|s| *s).await;
+    }
+
+    /// Waits for SIGINT or SIGTERM (or a failure), then stops gracefully.
+    pub async fn run_until_signal(mut self) -> Result<()> {
+        tokio::select! {
+            signal = shutdown_signal() => {
+                signal?;
+                tracing::info!("shutdown requested");
+            }
+            () = self.stopped() => {}
+        }
+        self.stop().await
+    }
+
+    /// Stops gracefully: stops consuming, lets the agents finish the events
+    /// they were given, flushes the producer, commits, and leaves the group.
+    /// Returns the error that stopped the worker, if one did.
+    pub async fn stop(mut self) -> Result<()> {
+        let timeout = self.shared.core.config.shutdown_timeout;
+        self.shared.stop.send_replace(true);
+        self.shared.control.close();
+        if let Some(dispatcher) = self.dispatcher.take() {
+            if tokio::time::timeout(timeout, dispatcher).await.is_err() {
+                tracing::warn!("dispatcher did not stop in time");
+            }
+        }
+        let drained = tokio::time::timeout(timeout, async {
+            while self.instances.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(timeout_ms = timeout.as_millis() as u64, "agents did not finish in time; abandoning their in-flight events (they will be read again)");
+            self.instances.abort_all();
+        }
+        if let Err(e) = self.shared.core.producer.flush(timeout).await {
+            tracing::warn!(error = %e, "flush at shutdown failed");
+        }
+        self.shared.commit(None);
+        self.background.abort_all();
+        while self.background.join_next().await.is_some() {}
+        tracing::info!(app = %self.shared.core.config.id, "worker stopped");
+        match lock(&self.shared.failure).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn shutdown_signal() -> Result<()> {
+    let io = |source| Error::Io { context: "installing the signal handler".into(), source };
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(io)?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map_err(io),
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.map_err(io)
+    }
+}
+
+async fn commit_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(shared.core.config.commit_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Some((seq, reason)) = shared.core.sends.first_failure() {
+            shared.fail(Error::Send { topic: String::new(), reason: format!("message #{seq} was refused: {reason}") });
+            return;
+        }
+        shared.commit(None);
+    }
+}
+
+struct Dispatcher {
+    shared: Arc<Shared>,
+    agents: Vec<Arc<AgentRuntime>>,
+    routes: HashMap<Arc<str>, Vec<Route>>,
+    assigned: HashSet<TopicPartition>,
+}
+
+impl Dispatcher {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<ConsumerEvent>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let mut commands_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                command = commands.recv(), if commands_open => match command {
+                    Some(command) => self.command(command).await,
+                    None => commands_open = false,
+                },
+                event = events.recv() => match event {
+                    Some(event) => self.event(event).await,
+                    None => break,
+                },
+            }
+        }
+        // Dropping the routes closes the instances' inboxes: they finish what
+        // they hold and end.
+    }
+
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::AddRoute { agent, topic, senders } => {
+                let spec_partitions = self.shared.core.transport.partitions(&topic).await.ok().flatten();
+                if let Some(partitions) = spec_partitions {
+                    let dlq = crate::dlq::dlq_topic(&topic);
+                    let spec = crate::transport::TopicSpec {
+                        name: dlq,
+                        partitions,
+                        replication: self.shared.core.config.replication,
+                        config: BTreeMap::new(),
+                    };
+                    if let Err(e) = self.shared.core.transport.ensure_topics(&[spec]).await {
+                        tracing::warn!(error = %e, "cannot create the dead-letter topic of stage {topic}");
+                    }
+                }
+                let mut route = Route { agent, senders, trackers: HashMap::new() };
+                let tps: Vec<TopicPartition> = self.assigned.iter().filter(|tp| tp.topic == topic).cloned().collect();
+                for tp in tps {
+                    self.add_tracker(&mut route, tp);
+                }
+                self.routes.entry(topic).or_default().push(route);
+                let mut topics: Vec<String> = self.routes.keys().map(|t| t.to_string()).collect();
+                topics.sort();
+                if let Err(e) = self.shared.control.subscribe(&topics) {
+                    self.shared.fail(e);
+                }
+            }
+        }
+    }
+
+    fn add_tracker(&self, route: &mut Route, tp: TopicPartition) {
+        let tracker = PartitionTracker::new(tp.clone(), self.shared.core.sends.clone());
+        route.trackers.insert(tp.partition, tracker.clone());
+        lock(&self.shared.commits).trackers.entry(tp).or_default().push(tracker);
+    }
+
+    async fn event(&mut self, event: ConsumerEvent) {
+        match event {
+            ConsumerEvent::Assigned(tps) => {
+                tracing::info!(partitions = %list(&tps), "assigned");
+                for tp in tps {
+                    let mut routes = self.routes.remove(&tp.topic).unwrap_or_default();
+                    for route in &mut routes {
+                        self.add_tracker(route, tp.clone());
+                    }
+                    self.routes.insert(tp.topic.clone(), routes);
+                    self.assigned.insert(tp);
+                }
+                self.shared.ready.store(true, Ordering::Release);
+            }
+            ConsumerEvent::Revoked(tps, done) => {
+                tracing::info!(partitions = %list(&tps), "revoked: draining");
+                let trackers: Vec<Arc<PartitionTracker>> = {
+                    let commits = lock(&self.shared.commits);
+                    tps.iter().filter_map(|tp| commits.trackers.get(tp)).flatten().cloned().collect()
+                };
+                let timeout = self.shared.core.config.shutdown_timeout;
+                for t in &trackers {
+                    if !t.drain(timeout).await {
+                        tracing::warn!(partition = %t.tp, "revoked partition did not drain in time");
+                    }
+                }
+                self.shared.commit(Some(&tps));
+                let mut commits = lock(&self.shared.commits);
+                for tp in &tps {
+                    commits.trackers.remove(tp);
+                    commits.committed.remove(tp);
+                    self.assigned.remove(tp);
+                    if let Some(routes) = self.routes.get_mut(&tp.topic) {
+                        for route in routes {
+                            route.trackers.remove(&tp.partition);
+                        }
+                    }
+                }
+                drop(commits);
+                let _ = done.send(());
+            }
+            ConsumerEvent::Messages(batch) => self.dispatch(batch).await,
+            ConsumerEvent::Failed(e) => self.shared.fail(e),
+        }
+    }
+
+    async fn dispatch(&mut self, batch: Vec<RawMessage>) {
+        // Per (topic, route, instance): the deliveries, in order.
+        let mut outgoing: HashMap<(Arc<str>, usize, usize), Vec<Delivery>> = HashMap::new();
+        let mut iter = batch.into_iter().peekable();
+        while let Some(first) = iter.next() {
+            // A run of messages of one partition: register them with one lock per tracker.
+            let mut run = vec![first];
+            while let Some(next) = iter.peek() {
+                if next.topic == run[0].topic && next.partition == run[0].partition {
+                    run.extend(iter.next());
+                } else {
+                    break;
+                }
+            }
+            let Some(routes) = self.routes.get(&run[0].topic) else { continue };
+            let (topic, partition) = (run[0].topic.clone(), run[0].partition);
+            let last = routes.len().saturating_sub(1);
+            let mut run = Some(run);
+            for (r, route) in routes.iter().enumerate() {
+                let Some(tracker) = route.trackers.get(&partition) else {
+                    tracing::warn!(topic = %topic, partition, "message for an unassigned partition; skipped");
+                    continue;
+                };
+                let messages = if r == last { run.take().unwrap_or_default() } else { run.clone().unwrap_or_default() };
+                let first_seq = tracker.push(messages.iter().map(|m| m.offset));
+                let n = route.senders.len();
+                for (i, raw) in messages.into_iter().enumerate() {
+                    let instance = if n == 1 { 0 } else { instance_for(&raw, n) };
+                    outgoing.entry((topic.clone(), r, instance)).or_default().push(Delivery {
+                        raw,
+                        tracker: tracker.clone(),
+                        seq: first_seq + i as u64,
+                    });
+                }
+            }
+        }
+        for ((topic, r, instance), deliveries) in outgoing {
+            let sender = self.routes.get(&topic).and_then(|routes| routes.get(r)).map(|route| {
+                (route.senders[instance].clone(), self.agents.get(route.agent).map(|a| a.name.clone()))
+            });
+            if let Some((sender, agent)) = sender {
+                if sender.send(deliveries).await.is_err() {
+                    tracing::debug!(agent = ?agent, "instance inbox closed; deliveries dropped (they stay uncommitted)");
+                }
+            }
+        }
+    }
+}
+
+/// The instance of an agent that handles a message: by key, so one key is
+/// always handled by one instance; by partition when there is no key.
+fn instance_for(raw: &RawMessage, instances: usize) -> usize {
+    match &raw.key {
+        Some(key) => partition_for_key(key, instances as i32) as usize,
+        None => raw.partition as usize % instances,
+    }
+}
+
+fn list(tps: &[TopicPartition]) -> String {
+    tps.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_follow_keys() {
+        let raw = |key: Option<&str>, partition| RawMessage {
+            topic: "t".into(),
+            partition,
+            offset: 0,
+            key: key.map(|k| bytes::Bytes::copy_from_slice(k.as_bytes())),
+            value: None,
+            headers: Vec::new(),
+            timestamp_ms: None,
+        };
+        assert_eq!(instance_for(&raw(Some("a"), 0), 4), instance_for(&raw(Some("a"), 3), 4));
+        assert_eq!(instance_for(&raw(None, 5), 4), 1);
+    }
+}
