@@ -176,6 +176,15 @@ impl TestDriver {
         self.broker.committed(self.app.id(), &TopicPartition { topic: topic.into(), partition })
     }
 
+    /// Whether the app's group has committed every partition of `topic` up to
+    /// its end (partitions that never held a message count as caught up).
+    pub fn caught_up(&self, topic: &str) -> bool {
+        (0..self.partitions(topic)).all(|p| {
+            let end = self.broker.end_offset(topic, p);
+            end == Some(0) || self.committed(topic, p) == end
+        })
+    }
+
     /// Waits until `done` holds, checking every few milliseconds.
     pub async fn wait_until(&self, timeout: Duration, done: impl Fn(&Self) -> bool) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;

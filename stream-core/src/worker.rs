@@ -154,7 +154,8 @@ impl Worker {
             core: core.clone(),
             control: consumer.control.clone(),
             commits: Mutex::default(),
-            ready: AtomicBool::new(false),
+            // With nothing to consume there is no assignment to wait for.
+            ready: AtomicBool::new(topics.is_empty()),
             failure: Mutex::default(),
             stop,
         });
@@ -187,6 +188,11 @@ impl Worker {
     /// Whether the worker has received its first assignment.
     pub fn is_ready(&self) -> bool {
         self.shared.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether the worker was asked to stop, or is stopping on its own.
+    pub fn is_stopping(&self) -> bool {
+        *self.stop_rx.borrow()
     }
 
     /// The counters of an agent.

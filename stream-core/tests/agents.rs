@@ -1,0 +1,315 @@
+//! Agents on the memory transport: flow, ordering, batching, repartitioning,
+//! commits and shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use stream_core::prelude::*;
+use stream_core::testing::TestDriver;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn a_map_agent_relays_every_event_once_and_commits_to_the_end() {
+    let app = TestDriver::app("map");
+    let input = app.topic::<String, Value>("in").partitions(4);
+    let output = app.topic::<String, Value>("out").partitions(4);
+    let out = output.clone();
+    app.agent("double", &input, move |events| {
+        let out = out.clone();
+        async move {
+            let mut doubled = events.map(|v: Value| json!({"n": v["n"].as_i64().unwrap_or(0) * 2}));
+            while let Some(event) = doubled.next().await {
+                out.send(event.key(), event.value()).await?;
+            }
+            Ok(())
+        }
+    });
+    let driver = TestDriver::start(&app).await.unwrap();
+    for i in 0..1000 {
+        driver.send(&input, Some(&format!("k{}", i % 7)), &json!({"n": i})).await.unwrap();
+    }
+    let got = driver.read(&output, 1000, WAIT).await.unwrap();
+    let mut values: Vec<i64> = got.iter().map(|e| e.value()["n"].as_i64().unwrap()).collect();
+    values.sort_unstable();
+    assert_eq!(values, (0..1000).map(|i| i * 2).collect::<Vec<_>>());
+    // Keys are kept, so each key's events stay on one output partition.
+    let mut partitions: HashMap<String, i32> = HashMap::new();
+    for e in &got {
+        let p = *partitions.entry(e.key().unwrap().clone()).or_insert(e.partition());
+        assert_eq!(p, e.partition());
+    }
+    driver.wait_until(WAIT, |d| d.caught_up("in")).await.expect("committed offsets reach the end offsets");
+    driver.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrency_never_reorders_events_of_one_key() {
+    let app = TestDriver::app("conc");
+    let input = app.topic::<String, u64>("in").partitions(2);
+    let seen: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (seen2, running2, most2) = (seen.clone(), running.clone(), most.clone());
+    app.agent("slow", &input, move |mut events| {
+        let (seen, running, most) = (seen2.clone(), running2.clone(), most2.clone());
+        async move {
+            while let Some(event) = events.next().await {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                // Uneven work, so instances race each other.
+                tokio::time::sleep(Duration::from_micros(50 * (event.value() % 5))).await;
+                seen.lock().unwrap().entry(event.key().unwrap().clone()).or_default().push(*event.value());
+                running.fetch_sub(1, Ordering::SeqCst);
+            }
+            Ok(())
+        }
+    })
+    .concurrency(4);
+    let driver = TestDriver::start(&app).await.unwrap();
+    for i in 0..400u64 {
+        driver.send(&input, Some(&format!("key-{}", i % 10)), &i).await.unwrap();
+    }
+    driver.wait_until(WAIT, |_| seen.lock().unwrap().values().map(Vec::len).sum::<usize>() == 400).await.unwrap();
+    for (key, values) in seen.lock().unwrap().iter() {
+        let mut sorted = values.clone();
+        sorted.sort_unstable();
+        assert_eq!(values, &sorted, "events of {key} were reordered");
+        assert_eq!(values.len(), 40);
+    }
+    assert!(most.load(Ordering::SeqCst) > 1, "instances ran concurrently");
+    driver.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn take_batches_by_count_or_time_whichever_first() {
+    let app = TestDriver::app("take");
+    let input = app.topic::<(), u32>("in");
+    let batches: Arc<Mutex<Vec<(Vec<u32>, tokio::time::Instant)>>> = Arc::default();
+    let b2 = batches.clone();
+    app.agent("batcher", &input, move |events| {
+        let batches = b2.clone();
+        async move {
+            let mut batched = events.take(5, Duration::from_secs(2));
+            while let Some(batch) = batched.next().await {
+                let values = batch.iter().map(|e| *e.value()).collect();
+                batches.lock().unwrap().push((values, tokio::time::Instant::now()));
+            }
+            Ok(())
+        }
+    });
+    let driver = TestDriver::start(&app).await.unwrap();
+    // Twelve at once: two full batches by count, then two stragglers by time.
+    let sent_at = tokio::time::Instant::now();
+    for i in 0..12 {
+        driver.send(&input, None, &i).await.unwrap();
+    }
+    driver.wait_until(WAIT, |_| batches.lock().unwrap().len() == 3).await.unwrap();
+    {
+        let b = batches.lock().unwrap();
+        assert_eq!(b[0].0, vec![0, 1, 2, 3, 4]);
+        assert_eq!(b[1].0, vec![5, 6, 7, 8, 9]);
+        assert_eq!(b[2].0, vec![10, 11]);
+        assert!(b[1].1 - sent_at < Duration::from_millis(500), "full batches do not wait");
+        let waited = b[2].1 - sent_at;
+        assert!(waited >= Duration::from_secs(2) && waited < Duration::from_millis(2500), "waited {waited:?}");
+    }
+    // All twelve are committed only after their batches were handled.
+    driver.wait_until(WAIT, |d| d.committed("in", 0) == Some(12)).await.unwrap();
+    driver.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn group_by_repartitions_by_the_new_key() {
+    let app = TestDriver::app("groupby");
+    let lines = app.topic::<(), String>("lines").partitions(3);
+    let by_word = app.topic::<String, String>("lines-by-word").partitions(4);
+    let seen: Arc<Mutex<Vec<(String, String, i32)>>> = Arc::default();
+    let s2 = seen.clone();
+    let stage = by_word.clone();
+    app.agent("words", &lines, move |lines| {
+        let (seen, stage) = (s2.clone(), stage.clone());
+        async move {
+            let mut words = lines.group_by(|e| e.value().split('-').next().unwrap_or("").to_owned(), &stage);
+            while let Some(word) = words.next().await {
+                assert_eq!(word.topic(), "lines-by-word");
+                seen.lock().unwrap().push((word.key().unwrap().clone(), word.value().clone(), word.partition()));
+            }
+            Ok(())
+        }
+    });
+    let driver = TestDriver::start(&app).await.unwrap();
+    for i in 0..90 {
+        driver.send(&lines, None, &format!("{}-{i}", ["apple", "pear", "fig"][i % 3])).await.unwrap();
+    }
+    driver.wait_until(WAIT, |_| seen.lock().unwrap().len() == 90).await.unwrap();
+    let mut partition_of: HashMap<String, i32> = HashMap::new();
+    for (key, value, partition) in seen.lock().unwrap().iter() {
+        assert!(value.starts_with(key.as_str()));
+        assert_eq!(*partition_of.entry(key.clone()).or_insert(*partition), *partition, "{key} on one partition");
+    }
+    assert_eq!(partition_of.len(), 3);
+    // Both the source and the repartition topic are committed to their ends.
+    driver.wait_until(WAIT, |d| d.caught_up("lines") && d.caught_up("lines-by-word")).await.unwrap();
+    driver.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn through_and_sink_forward_with_keys() {
+    let app = TestDriver::app("through");
+    let input = app.topic::<String, u32>("in");
+    let middle = app.topic::<String, u32>("middle").partitions(2);
+    let output = app.topic::<String, u32>("out");
+    let (m, o) = (middle.clone(), output.clone());
+    app.agent("pipe", &input, move |events| {
+        let (m, o) = (m.clone(), o.clone());
+        async move { events.through(&m).filter(|e| e.value() % 2 == 0).sink(&o).await }
+    });
+    let driver = TestDriver::start(&app).await.unwrap();
+    for i in 0..20u32 {
+        driver.send(&input, Some(&format!("k{i}")), &i).await.unwrap();
+    }
+    let got = driver.read(&output, 10, WAIT).await.unwrap();
+    let mut values: Vec<(String, u32)> = got.iter().map(|e| (e.key().unwrap().clone(), *e.value())).collect();
+    values.sort();
+    let mut expected: Vec<(String, u32)> = (0..20).filter(|i| i % 2 == 0).map(|i| (format!("k{i}"), i)).collect();
+    expected.sort();
+    assert_eq!(values, expected);
+    assert_eq!(driver.messages("middle").len(), 20);
+    driver.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn enumerate_and_std_stream_combinators_work() {
+    let app = TestDriver::app("enumerate");
+    let input = app.topic::<(), String>("in");
+    let seen: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+    let s2 = seen.clone();
+    app.agent("count", &input, move |events| {
+        let seen = s2.clone();
+        async move {
+            let mut numbered = events.enumerate();
+            while let Some((i, event)) = numbered.next().await {
+                seen.lock().unwrap().push((i, event.value().clone()));
+            }
+            Ok(())
+        }
+    });
+    let driver = TestDriver::start(&app).await.unwrap();
+    for word in ["a", "b", "c"] {
+        driver.send(&input, None, &word.to_owned()).await.unwrap();
+    }
+    driver.wait_until(WAIT, |_| seen.lock().unwrap().len() == 3).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![(0, "a".into()), (1, "b".into()), (2, "c".into())]);
+    driver.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_finishes_in_flight_events_and_a_restart_resumes_without_duplicates() {
+    let app = TestDriver::app("shutdown");
+    let broker = app.config().broker.clone();
+    let build = |broker: &str| {
+        let app = App::builder("shutdown").broker(broker).commit_interval(Duration::from_secs(3600)).build().unwrap();
+        let input = app.topic::<(), u32>("in").partitions(2);
+        let output = app.topic::<(), u32>("out");
+        let out = output.clone();
+        app.agent("slow-copy", &input, move |mut events| {
+            let out = out.clone();
+            async move {
+                while let Some(event) = events.next().await {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    out.send(None, event.value()).await?;
+                }
+                Ok(())
+            }
+        });
+        (app, input, output)
+    };
+    drop(app);
+    let (app, input, _) = build(&broker);
+    let driver = TestDriver::start(&app).await.unwrap();
+    for i in 0..200 {
+        driver.send(&input, None, &i).await.unwrap();
+    }
+    // Stop while events are in flight: what was handed to the agent is finished and committed.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let broker_handle = driver.broker().clone();
+    driver.stop().await.unwrap();
+    let out_after_stop = broker_handle.read("out", 0, 0, usize::MAX).len();
+    let committed: i64 = (0..2)
+        .map(|p| {
+            broker_handle
+                .committed("shutdown", &stream_core::transport::TopicPartition { topic: "in".into(), partition: p })
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(committed as usize, out_after_stop, "every committed input has its output, and only those");
+
+    // A new worker of the same app continues where the first one committed.
+    let (app, _input, output) = build(&broker);
+    let driver = TestDriver::start(&app).await.unwrap();
+    let all = driver.read(&output, 200, WAIT).await.unwrap();
+    let mut values: Vec<u32> = all.iter().map(|e| *e.value()).collect();
+    values.sort_unstable();
+    assert_eq!(values, (0..200).collect::<Vec<_>>(), "every input exactly once across the restart");
+    driver.stop().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn timers_and_crontabs_run_with_the_worker() {
+    let app = TestDriver::app("timers");
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let crons = Arc::new(AtomicUsize::new(0));
+    let (t, c) = (ticks.clone(), crons.clone());
+    app.timer("tick", Duration::from_secs(1), move || {
+        let t = t.clone();
+        async move {
+            t.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    app.crontab("every-second", "* * * * * *", move || {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    })
+    .unwrap();
+    let driver = TestDriver::start(&app).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(ticks.load(Ordering::SeqCst) >= 3);
+    assert!(crons.load(Ordering::SeqCst) >= 2);
+    driver.stop().await.unwrap();
+    let after = ticks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ticks.load(Ordering::SeqCst), after, "timers stop with the worker");
+}
+
+#[tokio::test]
+async fn duplicate_agent_names_and_conflicting_topics_are_reported() {
+    let app = TestDriver::app("dups");
+    let input = app.topic::<(), u32>("in");
+    app.agent("a", &input, |_events| async { Ok(()) });
+    app.agent("a", &input, |_events| async { Ok(()) });
+    let err = app.start().await.unwrap_err();
+    assert!(err.to_string().contains("two agents are named \"a\""), "{err}");
+
+    let app = TestDriver::app("conflict");
+    app.memory_broker()
+        .unwrap()
+        .create_topic(&stream_core::transport::TopicSpec {
+            name: "in".into(),
+            partitions: 2,
+            replication: 1,
+            config: Default::default(),
+        })
+        .unwrap();
+    let input = app.topic::<(), u32>("in").partitions(4);
+    app.agent("a", &input, |_events| async { Ok(()) });
+    let err = app.start().await.unwrap_err();
+    assert_eq!(err.to_string(), "topic in: exists with 2 partitions, declared with 4");
+}
