@@ -61,7 +61,6 @@ pub fn init_logging() {
 /// Parses `args` and runs the command. Prints help and usage errors and exits
 /// the process, as command lines do.
 pub(crate) async fn main(app: &App, args: impl IntoIterator<Item = OsString>) -> Result<()> {
-    let mut out = std::io::stdout().lock();
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -69,7 +68,8 @@ pub(crate) async fn main(app: &App, args: impl IntoIterator<Item = OsString>) ->
     init_logging();
     match cli.command.unwrap_or(Command::Worker) {
         Command::Worker => app.run().await,
-        other => run(app, other, &mut out).await,
+        // Not `stdout().lock()`: agents may print while a command runs.
+        other => run(app, other, &mut std::io::stdout()).await,
     }
 }
 
@@ -116,8 +116,11 @@ async fn run(app: &App, command: Command, out: &mut dyn Write) -> Result<()> {
             Ok(())
         }
         Command::Send { topic, key, value, file } => {
-            let info = lock(&app.core.topics).get(&topic).cloned().ok_or_else(|| {
-                let declared: Vec<String> = lock(&app.core.topics).keys().cloned().collect();
+            let (info, declared) = {
+                let topics = lock(&app.core.topics);
+                (topics.get(&topic).cloned(), topics.keys().cloned().collect::<Vec<_>>())
+            };
+            let info = info.ok_or_else(|| {
                 Error::Usage(format!("unknown topic {topic:?}; declared topics: {}", declared.join(", ")))
             })?;
             let values: Vec<String> = match (value, file) {

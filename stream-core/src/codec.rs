@@ -154,20 +154,7 @@ macro_rules! json_payload {
     )*};
 }
 
-json_payload!(
-    serde_json::Value,
-    bool,
-    i8,
-    i16,
-    i32,
-    i64,
-    u8,
-    u16,
-    u32,
-    u64,
-    f32,
-    f64
-);
+json_payload!(serde_json::Value, bool, i8, i16, i32, i64, u8, u16, u32, u64, f32, f64);
 
 impl Payload for String {
     type Codec = Utf8;

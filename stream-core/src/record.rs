@@ -139,15 +139,7 @@ impl fmt::Display for Schema {
                 (false, true) => "timestamp",
                 (false, false) => "",
             };
-            writeln!(
-                f,
-                "| {} | `{}` | {} | {} | {} |",
-                field.name,
-                field.ty,
-                role,
-                field.rules.join(", "),
-                field.doc
-            )?;
+            writeln!(f, "| {} | `{}` | {} | {} | {} |", field.name, field.ty, role, field.rules.join(", "), field.doc)?;
         }
         Ok(())
     }
@@ -246,6 +238,7 @@ pub mod __private {
     pub use super::{EventTime, FieldSchema, Payload, Record, Schema, ValidationError, Violation};
     pub use crate::codec::Json;
     pub use regex::Regex;
+    pub use serde::{Serialize, de::DeserializeOwned};
 
     /// A literal bound of a `range`/`min`/`max` rule.
     #[derive(Debug, Clone, Copy)]
@@ -307,6 +300,21 @@ pub mod __private {
     }
     range_int!(i8, i16, i32, i64, u8, u16, u32, u64);
 
+    macro_rules! range_wide {
+        ($($t:ty),*) => {$(
+            impl RangeCheck for $t {
+                fn within(&self, min: Option<Bound>, max: Option<Bound>) -> Option<bool> {
+                    // Beyond i128 (only u128 can be) is above every integer bound.
+                    Some(match i128::try_from(*self) {
+                        Ok(v) => cmp_i128(v, min, max),
+                        Err(_) => max.is_none(),
+                    })
+                }
+            }
+        )*};
+    }
+    range_wide!(i128, u128, isize, usize);
+
     impl RangeCheck for f32 {
         fn within(&self, min: Option<Bound>, max: Option<Bound>) -> Option<bool> {
             Some(cmp_f64(f64::from(*self), min, max))
@@ -359,6 +367,36 @@ pub mod __private {
         }
     }
 
+    impl HasLen for str {
+        fn field_len(&self) -> Option<usize> {
+            Some(self.chars().count())
+        }
+    }
+
+    impl<T> HasLen for [T] {
+        fn field_len(&self) -> Option<usize> {
+            Some(self.len())
+        }
+    }
+
+    impl<T> HasLen for std::collections::VecDeque<T> {
+        fn field_len(&self) -> Option<usize> {
+            Some(self.len())
+        }
+    }
+
+    impl<T, S> HasLen for std::collections::HashSet<T, S> {
+        fn field_len(&self) -> Option<usize> {
+            Some(self.len())
+        }
+    }
+
+    impl<T> HasLen for std::collections::BTreeSet<T> {
+        fn field_len(&self) -> Option<usize> {
+            Some(self.len())
+        }
+    }
+
     impl<T: HasLen> HasLen for Option<T> {
         fn field_len(&self) -> Option<usize> {
             self.as_ref().and_then(HasLen::field_len)
@@ -376,6 +414,30 @@ pub mod __private {
     }
 
     impl AsText for String {
+        fn as_text(&self) -> Option<&str> {
+            Some(self)
+        }
+    }
+
+    impl AsText for str {
+        fn as_text(&self) -> Option<&str> {
+            Some(self)
+        }
+    }
+
+    impl AsText for Box<str> {
+        fn as_text(&self) -> Option<&str> {
+            Some(self)
+        }
+    }
+
+    impl AsText for std::sync::Arc<str> {
+        fn as_text(&self) -> Option<&str> {
+            Some(self)
+        }
+    }
+
+    impl AsText for std::borrow::Cow<'_, str> {
         fn as_text(&self) -> Option<&str> {
             Some(self)
         }
@@ -409,16 +471,16 @@ pub mod __private {
         min: Option<usize>,
         max: Option<usize>,
     ) {
-        if let Some(len) = value.field_len() {
-            if min.is_some_and(|m| len < m) || max.is_some_and(|m| len > m) {
-                let want = match (min, max) {
-                    (Some(a), Some(b)) => format!("between {a} and {b}"),
-                    (Some(a), None) => format!("at least {a}"),
-                    (None, Some(b)) => format!("at most {b}"),
-                    (None, None) => String::new(),
-                };
-                out.push(Violation { field, message: format!("length {len}, must be {want}") });
-            }
+        if let Some(len) = value.field_len()
+            && (min.is_some_and(|m| len < m) || max.is_some_and(|m| len > m))
+        {
+            let want = match (min, max) {
+                (Some(a), Some(b)) => format!("between {a} and {b}"),
+                (Some(a), None) => format!("at least {a}"),
+                (None, Some(b)) => format!("at most {b}"),
+                (None, None) => String::new(),
+            };
+            out.push(Violation { field, message: format!("length {len}, must be {want}") });
         }
     }
 

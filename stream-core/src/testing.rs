@@ -32,8 +32,8 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,9 +72,8 @@ impl TestDriver {
 
     /// Starts the app's worker. The app must use `memory://`.
     pub async fn start(app: &App) -> Result<TestDriver> {
-        let broker = app
-            .memory_broker()
-            .ok_or_else(|| Error::Usage("the test driver runs apps on memory:// only".into()))?;
+        let broker =
+            app.memory_broker().ok_or_else(|| Error::Usage("the test driver runs apps on memory:// only".into()))?;
         let worker = app.start().await?;
         let driver = TestDriver { app: app.clone(), broker, worker: Some(worker), cursors: Mutex::default() };
         driver.wait_until(Duration::from_secs(5), |d| d.worker.as_ref().is_some_and(Worker::is_ready)).await?;
@@ -134,7 +133,10 @@ impl TestDriver {
     ) -> Result<Vec<Event<K, V>>> {
         let name = topic.name().to_owned();
         self.wait_until(timeout, |d| d.unread(&name) >= n).await.map_err(|_| {
-            Error::Usage(format!("expected {n} new message(s) on {name} within {timeout:?}, got {}", self.unread(&name)))
+            Error::Usage(format!(
+                "expected {n} new message(s) on {name} within {timeout:?}, got {}",
+                self.unread(&name)
+            ))
         })?;
         let mut out = Vec::new();
         let mut cursors = lock(&self.cursors);

@@ -88,7 +88,6 @@ impl<K, V> Topic<K, V> {
     pub(crate) fn name_arc(&self) -> &Arc<str> {
         &self.name
     }
-
 }
 
 impl<K: Payload, V: Payload> Topic<K, V> {
@@ -181,29 +180,31 @@ impl<K: Payload, V: Payload> Topic<K, V> {
 
     /// Encodes a key.
     pub fn encode_key(&self, key: &K) -> Result<Bytes> {
-        self.key_codec
-            .encode(key)
-            .map(Bytes::from)
-            .map_err(|source| Error::Encode { topic: self.name.to_string(), part: "key", source })
+        self.key_codec.encode(key).map(Bytes::from).map_err(|source| Error::Encode {
+            topic: self.name.to_string(),
+            part: "key",
+            source,
+        })
     }
 
     /// Encodes a value.
     pub fn encode_value(&self, value: &V) -> Result<Bytes> {
-        self.value_codec
-            .encode(value)
-            .map(Bytes::from)
-            .map_err(|source| Error::Encode { topic: self.name.to_string(), part: "value", source })
+        self.value_codec.encode(value).map(Bytes::from).map_err(|source| Error::Encode {
+            topic: self.name.to_string(),
+            part: "value",
+            source,
+        })
     }
 
     /// Decodes and validates a message read from this topic.
     pub(crate) fn decode(&self, raw: &RawMessage) -> Result<(Option<K>, V)> {
         let origin = || Origin { topic: raw.topic.to_string(), partition: raw.partition, offset: raw.offset };
         let key = match &raw.key {
-            Some(bytes) => Some(
-                self.key_codec
-                    .decode(bytes)
-                    .map_err(|source| Error::Decode { origin: origin(), part: "key", source })?,
-            ),
+            Some(bytes) => Some(self.key_codec.decode(bytes).map_err(|source| Error::Decode {
+                origin: origin(),
+                part: "key",
+                source,
+            })?),
             None => None,
         };
         let Some(bytes) = &raw.value else {
@@ -213,8 +214,11 @@ impl<K: Payload, V: Payload> Topic<K, V> {
                 source: crate::codec::CodecError { codec: self.value_codec.name(), message: "null value".into() },
             });
         };
-        let value =
-            self.value_codec.decode(bytes).map_err(|source| Error::Decode { origin: origin(), part: "value", source })?;
+        let value = self.value_codec.decode(bytes).map_err(|source| Error::Decode {
+            origin: origin(),
+            part: "value",
+            source,
+        })?;
         value.validate().map_err(|source| Error::Invalid { origin: origin(), source })?;
         Ok((key, value))
     }

@@ -141,7 +141,11 @@ impl Worker {
         for (index, def) in defs.iter().enumerate() {
             let def = lock(def);
             let (runtime, senders) = AgentRuntime::new(index, &def, core.clone(), commands_tx.clone());
-            routes.entry(def.topic.clone()).or_default().push(Route { agent: index, senders, trackers: HashMap::new() });
+            routes.entry(def.topic.clone()).or_default().push(Route {
+                agent: index,
+                senders,
+                trackers: HashMap::new(),
+            });
             agents.push(runtime);
         }
         drop(commands_tx);
@@ -173,7 +177,8 @@ impl Worker {
             }
         }
 
-        let dispatcher = Dispatcher { shared: shared.clone(), agents: agents.clone(), routes, assigned: HashSet::new() };
+        let dispatcher =
+            Dispatcher { shared: shared.clone(), agents: agents.clone(), routes, assigned: HashSet::new() };
         let dispatcher = tokio::spawn(dispatcher.run(consumer.events, commands_rx));
 
         let mut background = JoinSet::new();
@@ -235,12 +240,13 @@ impl Worker {
                 tracing::warn!("dispatcher did not stop in time");
             }
         }
-        let drained = tokio::time::timeout(timeout, async {
-            while self.instances.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(timeout, async { while self.instances.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            tracing::warn!(timeout_ms = timeout.as_millis() as u64, "agents did not finish in time; abandoning their in-flight events (they will be read again)");
+            tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "agents did not finish in time; abandoning their in-flight events (they will be read again)"
+            );
             self.instances.abort_all();
         }
         if let Err(e) = self.shared.core.producer.flush(timeout).await {
@@ -297,11 +303,7 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    async fn run(
-        mut self,
-        mut events: mpsc::Receiver<ConsumerEvent>,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-    ) {
+    async fn run(mut self, mut events: mpsc::Receiver<ConsumerEvent>, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut commands_open = true;
         loop {
             tokio::select! {
@@ -440,9 +442,10 @@ impl Dispatcher {
             }
         }
         for ((topic, r, instance), deliveries) in outgoing {
-            let sender = self.routes.get(&topic).and_then(|routes| routes.get(r)).map(|route| {
-                (route.senders[instance].clone(), self.agents.get(route.agent).map(|a| a.name.clone()))
-            });
+            let sender =
+                self.routes.get(&topic).and_then(|routes| routes.get(r)).map(|route| {
+                    (route.senders[instance].clone(), self.agents.get(route.agent).map(|a| a.name.clone()))
+                });
             if let Some((sender, agent)) = sender {
                 if sender.send(deliveries).await.is_err() {
                     tracing::debug!(agent = ?agent, "instance inbox closed; deliveries dropped (they stay uncommitted)");

@@ -202,7 +202,10 @@ async fn the_stop_policy_stops_the_worker_without_committing_past_the_failure() 
     for i in 0..5 {
         driver.send(&input, None, &i).await.unwrap();
     }
-    driver.wait_until(WAIT, |d| d.worker().is_some_and(|w| w.is_stopping())).await.expect("the worker stops on its own");
+    driver
+        .wait_until(WAIT, |d| d.worker().is_some_and(|w| w.is_stopping()))
+        .await
+        .expect("the worker stops on its own");
     let broker = driver.broker().clone();
     match driver.stop().await {
         Err(Error::AgentStopped { agent, source }) => {

@@ -1,0 +1,10 @@
+use serde::{Deserialize, Serialize};
+use stream_core::Record;
+
+#[derive(Record, Serialize, Deserialize)]
+struct Reading {
+    #[record(range(low = 0, max = 10))]
+    level: u8,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use serde::{Deserialize, Serialize};
+use stream_core::Record;
+
+#[derive(Record, Serialize, Deserialize)]
+struct Reading {
+    #[record]
+    sensor_id: u32,
+}
+
+fn main() {}
