@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_main};
 use strom_benches::{Workload, run_map};
 
 const EVENTS: usize = 200_000;
@@ -16,13 +16,15 @@ fn map_agent(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(10));
     for (name, workload) in [("json_record_map", Workload::JsonMap), ("raw_passthrough", Workload::RawPassthrough)] {
         group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                (0..iters).map(|_| runtime.block_on(run_map(EVENTS, 4, workload))).sum::<Duration>()
-            });
+            b.iter_custom(|iters| (0..iters).map(|_| runtime.block_on(run_map(EVENTS, 4, workload))).sum::<Duration>());
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, map_agent);
-criterion_main!(benches);
+mod group {
+    #![allow(missing_docs)]
+    criterion::criterion_group!(benches, super::map_agent);
+}
+
+criterion_main!(group::benches);

@@ -1,6 +1,8 @@
 //! Every example, run in-process on the memory transport through the test
 //! driver, and as a binary with its command line.
 
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

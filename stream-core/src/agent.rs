@@ -326,7 +326,7 @@ pub(crate) async fn supervise(agent: Arc<AgentRuntime>, index: usize) -> Result<
         let error: Option<BoxError> = match outcome {
             Ok(Ok(())) => failure,
             Ok(Err(e)) => Some(e),
-            Err(panic) => Some(panic_message(panic).into()),
+            Err(panic) => Some(panic_message(&*panic).into()),
         };
         let Some(error) = error else {
             // A clean end: whatever the handler dropped is done.
@@ -395,7 +395,7 @@ fn requeue(state: &InstanceState, failed: Vec<Delivery>) {
     }
 }
 
-fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     let text = panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -181,9 +181,8 @@ impl<K: Payload, V: Payload> Stream for BaseStream<K, V> {
                 }
             }
             let Some(inbox) = this.inbox.as_mut() else { return Poll::Ready(None) };
-            let d = match inbox.buffer.pop_front() {
-                Some(d) => d,
-                None => match inbox.rx.poll_recv(cx) {
+            let Some(d) = inbox.buffer.pop_front() else {
+                match inbox.rx.poll_recv(cx) {
                     Poll::Ready(Some(batch)) => {
                         inbox.buffer.extend(batch);
                         continue;
@@ -193,7 +192,7 @@ impl<K: Payload, V: Payload> Stream for BaseStream<K, V> {
                         return Poll::Ready(None);
                     }
                     Poll::Pending => return Poll::Pending,
-                },
+                }
             };
             this.ctx.agent.stats.received.fetch_add(1, Ordering::Relaxed);
             match this.topic.decode(&d.raw) {
@@ -440,11 +439,11 @@ impl<K, V> Stream for Batches<K, V> {
                     return Poll::Ready(Some(std::mem::take(&mut this.buffer)));
                 }
                 Poll::Pending => {
-                    if let Some(deadline) = this.deadline.as_mut() {
-                        if deadline.as_mut().poll(cx).is_ready() {
-                            this.deadline = None;
-                            return Poll::Ready(Some(std::mem::take(&mut this.buffer)));
-                        }
+                    if let Some(deadline) = this.deadline.as_mut()
+                        && deadline.as_mut().poll(cx).is_ready()
+                    {
+                        this.deadline = None;
+                        return Poll::Ready(Some(std::mem::take(&mut this.buffer)));
                     }
                     return Poll::Pending;
                 }

@@ -282,7 +282,7 @@ pub(crate) async fn produce(core: &AppCore, msg: OutMessage) -> Result<DeliveryR
         match core.producer.try_send(msg, seq) {
             Ok(()) => return Ok(DeliveryReceipt { seq, tracker: core.sends.clone(), topic }),
             Err(TrySendError::QueueFull(back)) => {
-                msg = back;
+                msg = *back;
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             Err(TrySendError::Fatal(e)) => {

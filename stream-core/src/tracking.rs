@@ -222,10 +222,10 @@ impl PartitionTracker {
     /// [`SendTracker::issued`] at that moment.
     pub(crate) fn confirm(&self, seq: u64, sends_issued: u64) {
         let mut st = lock(&self.state);
-        if let Some(idx) = seq.checked_sub(st.base_seq) {
-            if let Some(slot) = st.slots.get_mut(idx as usize) {
-                slot.confirmed = Some(sends_issued);
-            }
+        if let Some(idx) = seq.checked_sub(st.base_seq)
+            && let Some(slot) = st.slots.get_mut(idx as usize)
+        {
+            slot.confirmed = Some(sends_issued);
         }
         Self::advance(&mut st, self.sends.acked_below());
     }

@@ -59,10 +59,10 @@ impl Commits {
             if only.is_some_and(|o| !o.contains(tp)) {
                 continue;
             }
-            if let Some(p) = Self::position(trackers) {
-                if self.committed.get(tp) != Some(&p) {
-                    out.push((tp.clone(), p));
-                }
+            if let Some(p) = Self::position(trackers)
+                && self.committed.get(tp) != Some(&p)
+            {
+                out.push((tp.clone(), p));
             }
         }
         out
@@ -235,10 +235,10 @@ impl Worker {
         let timeout = self.shared.core.config.shutdown_timeout;
         self.shared.stop.send_replace(true);
         self.shared.control.close();
-        if let Some(dispatcher) = self.dispatcher.take() {
-            if tokio::time::timeout(timeout, dispatcher).await.is_err() {
-                tracing::warn!("dispatcher did not stop in time");
-            }
+        if let Some(dispatcher) = self.dispatcher.take()
+            && tokio::time::timeout(timeout, dispatcher).await.is_err()
+        {
+            tracing::warn!("dispatcher did not stop in time");
         }
         let drained =
             tokio::time::timeout(timeout, async { while self.instances.join_next().await.is_some() {} }).await;
@@ -446,10 +446,10 @@ impl Dispatcher {
                 self.routes.get(&topic).and_then(|routes| routes.get(r)).map(|route| {
                     (route.senders[instance].clone(), self.agents.get(route.agent).map(|a| a.name.clone()))
                 });
-            if let Some((sender, agent)) = sender {
-                if sender.send(deliveries).await.is_err() {
-                    tracing::debug!(agent = ?agent, "instance inbox closed; deliveries dropped (they stay uncommitted)");
-                }
+            if let Some((sender, agent)) = sender
+                && sender.send(deliveries).await.is_err()
+            {
+                tracing::debug!(agent = ?agent, "instance inbox closed; deliveries dropped (they stay uncommitted)");
             }
         }
     }

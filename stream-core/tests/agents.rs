@@ -1,6 +1,8 @@
 //! Agents on the memory transport: flow, ordering, batching, repartitioning,
 //! commits and shutdown.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,7 +90,8 @@ async fn concurrency_never_reorders_events_of_one_key() {
 async fn take_batches_by_count_or_time_whichever_first() {
     let app = TestDriver::app("take");
     let input = app.topic::<(), u32>("in");
-    let batches: Arc<Mutex<Vec<(Vec<u32>, tokio::time::Instant)>>> = Arc::default();
+    type Seen = Arc<Mutex<Vec<(Vec<u32>, tokio::time::Instant)>>>;
+    let batches: Seen = Arc::default();
     let b2 = batches.clone();
     app.agent("batcher", &input, move |events| {
         let batches = b2.clone();

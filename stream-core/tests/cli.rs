@@ -1,5 +1,7 @@
 //! The command line: `send`, `agents`, `topics` (run in-process on memory://).
 
+#![allow(clippy::unwrap_used)]
+
 use stream_core::prelude::*;
 use stream_core::run_command;
 use stream_core::testing::TestDriver;

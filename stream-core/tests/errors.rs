@@ -1,5 +1,7 @@
 //! Bad input and failing handlers: dead letters, retries, stopping.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

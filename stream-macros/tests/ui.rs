@@ -2,6 +2,8 @@
 //! each mistake gives (`tests/ui/fail/*.stderr`; regenerate with
 //! `TRYBUILD=overwrite cargo test -p stream-macros --test ui` and read the diff).
 
+#![allow(clippy::unwrap_used)]
+
 #[test]
 fn ui() {
     let cases = trybuild::TestCases::new();

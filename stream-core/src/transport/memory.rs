@@ -574,7 +574,7 @@ mod tests {
             b.append(msg("t", "k", &i.to_string())).unwrap();
         }
         let tp = TopicPartition { topic: "t".into(), partition: 0 };
-        b.commit("g", &[(tp.clone(), 5)]);
+        b.commit("g", &[(tp, 5)]);
         let left = b.read("t", 0, 0, 100);
         assert_eq!(left.first().map(|m| m.offset), Some(5), "uncommitted records are kept");
         assert_eq!(b.end_offset("t", 0), Some(10));

@@ -91,7 +91,7 @@ pub struct TopicSpec {
 #[derive(Debug)]
 pub enum TrySendError {
     /// The producer queue is full: wait and try again.
-    QueueFull(OutMessage),
+    QueueFull(Box<OutMessage>),
     /// The message can never be sent (unknown topic, too large, ...).
     Fatal(Error),
 }
@@ -101,7 +101,8 @@ pub enum TrySendError {
 pub trait Producer: Send + Sync + 'static {
     /// Queues a message without waiting. `seq` comes from
     /// [`SendTracker::issue`]; the transport reports its outcome with
-    /// [`SendTracker::ack`] or [`SendTracker::fail`].
+    /// [`SendTracker::ack`] or [`SendTracker::fail`]. On an error nothing was
+    /// queued, and the caller retires `seq`.
     fn try_send(&self, msg: OutMessage, seq: u64) -> Result<(), TrySendError>;
 
     /// Waits until every queued message was acknowledged or failed.
