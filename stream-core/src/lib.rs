@@ -43,7 +43,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The guide is in `docs/GUIDE.md`, the design in `docs/ARCHITECTURE.md`.
+//! The [`guide`] shows every part with examples; `docs/ARCHITECTURE.md` explains
+//! how it works.
 #[allow(unused_extern_crates)]
 extern crate self as stream_core;
 
@@ -75,6 +76,13 @@ pub use stream_macros::Record;
 pub use topic::{MessageBuilder, Topic};
 pub use tracking::DeliveryReceipt;
 pub use worker::Worker;
+
+#[doc = include_str!("../../docs/GUIDE.md")]
+pub mod guide {}
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
 
 /// The usual imports: `use stream_core::prelude::*;`.
 pub mod prelude {
