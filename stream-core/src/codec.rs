@@ -65,6 +65,16 @@ pub trait Codec<T>: Send + Sync + 'static {
     fn encode(&self, value: &T) -> Result<Vec<u8>, CodecError>;
     /// Decodes a value.
     fn decode(&self, bytes: &[u8]) -> Result<T, CodecError>;
+
+    /// Encodes into shared bytes. Codecs that can avoid a copy override it.
+    fn encode_bytes(&self, value: &T) -> Result<Bytes, CodecError> {
+        self.encode(value).map(Bytes::from)
+    }
+
+    /// Decodes from shared bytes. Codecs that can avoid a copy override it.
+    fn decode_bytes(&self, bytes: &Bytes) -> Result<T, CodecError> {
+        self.decode(bytes)
+    }
 }
 
 /// JSON through serde: the default codec of records and plain data.
@@ -108,6 +118,12 @@ impl Codec<Bytes> for Raw {
     }
     fn decode(&self, bytes: &[u8]) -> Result<Bytes, CodecError> {
         Ok(Bytes::copy_from_slice(bytes))
+    }
+    fn encode_bytes(&self, value: &Bytes) -> Result<Bytes, CodecError> {
+        Ok(value.clone())
+    }
+    fn decode_bytes(&self, bytes: &Bytes) -> Result<Bytes, CodecError> {
+        Ok(bytes.clone())
     }
 }
 

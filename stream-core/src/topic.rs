@@ -180,7 +180,7 @@ impl<K: Payload, V: Payload> Topic<K, V> {
 
     /// Encodes a key.
     pub fn encode_key(&self, key: &K) -> Result<Bytes> {
-        self.key_codec.encode(key).map(Bytes::from).map_err(|source| Error::Encode {
+        self.key_codec.encode_bytes(key).map_err(|source| Error::Encode {
             topic: self.name.to_string(),
             part: "key",
             source,
@@ -189,7 +189,7 @@ impl<K: Payload, V: Payload> Topic<K, V> {
 
     /// Encodes a value.
     pub fn encode_value(&self, value: &V) -> Result<Bytes> {
-        self.value_codec.encode(value).map(Bytes::from).map_err(|source| Error::Encode {
+        self.value_codec.encode_bytes(value).map_err(|source| Error::Encode {
             topic: self.name.to_string(),
             part: "value",
             source,
@@ -200,7 +200,7 @@ impl<K: Payload, V: Payload> Topic<K, V> {
     pub(crate) fn decode(&self, raw: &RawMessage) -> Result<(Option<K>, V)> {
         let origin = || Origin { topic: raw.topic.to_string(), partition: raw.partition, offset: raw.offset };
         let key = match &raw.key {
-            Some(bytes) => Some(self.key_codec.decode(bytes).map_err(|source| Error::Decode {
+            Some(bytes) => Some(self.key_codec.decode_bytes(bytes).map_err(|source| Error::Decode {
                 origin: origin(),
                 part: "key",
                 source,
@@ -214,7 +214,7 @@ impl<K: Payload, V: Payload> Topic<K, V> {
                 source: crate::codec::CodecError { codec: self.value_codec.name(), message: "null value".into() },
             });
         };
-        let value = self.value_codec.decode(bytes).map_err(|source| Error::Decode {
+        let value = self.value_codec.decode_bytes(bytes).map_err(|source| Error::Decode {
             origin: origin(),
             part: "value",
             source,

@@ -406,14 +406,15 @@ impl Dispatcher {
     }
 
     async fn dispatch(&mut self, batch: Vec<RawMessage>) {
-        // Per (topic, route, instance): the deliveries, in order.
-        let mut outgoing: HashMap<(Arc<str>, usize, usize), Vec<Delivery>> = HashMap::new();
+        // The deliveries per destination (topic, route, instance), in order. A
+        // batch has few destinations: they are found by a short scan per run of
+        // one partition, not by hashing every message.
+        let mut outgoing: Vec<(Arc<str>, usize, Vec<Vec<Delivery>>)> = Vec::new();
         let mut iter = batch.into_iter().peekable();
         while let Some(first) = iter.next() {
-            // A run of messages of one partition: register them with one lock per tracker.
             let mut run = vec![first];
             while let Some(next) = iter.peek() {
-                if next.topic == run[0].topic && next.partition == run[0].partition {
+                if Arc::ptr_eq(&next.topic, &run[0].topic) && next.partition == run[0].partition {
                     run.extend(iter.next());
                 } else {
                     break;
@@ -431,25 +432,31 @@ impl Dispatcher {
                 let messages = if r == last { run.take().unwrap_or_default() } else { run.clone().unwrap_or_default() };
                 let first_seq = tracker.push(messages.iter().map(|m| m.offset));
                 let n = route.senders.len();
+                let slot = match outgoing.iter().position(|(t, rr, _)| *rr == r && Arc::ptr_eq(t, &topic)) {
+                    Some(i) => i,
+                    None => {
+                        outgoing.push((topic.clone(), r, (0..n).map(|_| Vec::new()).collect()));
+                        outgoing.len() - 1
+                    }
+                };
+                let per_instance = &mut outgoing[slot].2;
                 for (i, raw) in messages.into_iter().enumerate() {
                     let instance = if n == 1 { 0 } else { instance_for(&raw, n) };
-                    outgoing.entry((topic.clone(), r, instance)).or_default().push(Delivery {
-                        raw,
-                        tracker: tracker.clone(),
-                        seq: first_seq + i as u64,
-                    });
+                    per_instance[instance].push(Delivery { raw, tracker: tracker.clone(), seq: first_seq + i as u64 });
                 }
             }
         }
-        for ((topic, r, instance), deliveries) in outgoing {
-            let sender =
-                self.routes.get(&topic).and_then(|routes| routes.get(r)).map(|route| {
-                    (route.senders[instance].clone(), self.agents.get(route.agent).map(|a| a.name.clone()))
-                });
-            if let Some((sender, agent)) = sender
-                && sender.send(deliveries).await.is_err()
-            {
-                tracing::debug!(agent = ?agent, "instance inbox closed; deliveries dropped (they stay uncommitted)");
+        for (topic, r, per_instance) in outgoing {
+            for (instance, deliveries) in per_instance.into_iter().enumerate() {
+                if deliveries.is_empty() {
+                    continue;
+                }
+                let Some(route) = self.routes.get(&topic).and_then(|routes| routes.get(r)) else { continue };
+                let sender = route.senders[instance].clone();
+                if sender.send(deliveries).await.is_err() {
+                    let agent = self.agents.get(route.agent).map(|a| a.name.clone());
+                    tracing::debug!(agent = ?agent, "instance inbox closed; deliveries dropped (they stay uncommitted)");
+                }
             }
         }
     }

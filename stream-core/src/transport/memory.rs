@@ -272,9 +272,11 @@ impl Default for MemoryBroker {
 
 fn read_into(log: &Log, topic: &Arc<str>, partition: i32, from: i64, max: usize, out: &mut Vec<RawMessage>) -> i64 {
     let start = from.max(log.base);
-    let skip = (start - log.base) as usize;
+    let skip = ((start - log.base) as usize).min(log.records.len());
+    let end = skip.saturating_add(max).min(log.records.len());
     let mut next = start;
-    for stored in log.records.iter().skip(skip).take(max) {
+    // `range` is O(1) to start, unlike `iter().skip(..)`.
+    for stored in log.records.range(skip..end) {
         out.push(RawMessage {
             topic: topic.clone(),
             partition,
