@@ -13,7 +13,9 @@
 //!
 //! Retention: a partition drops records every group has committed past once it
 //! holds more than [`MemoryBroker::retain_records`] (100,000 by default), so
-//! memory stays flat under a steady stream.
+//! memory stays flat under a steady stream; and it never holds more than
+//! [`MemoryBroker::max_records`] (1,000,000 by default): beyond that the oldest
+//! records go, consumed or not, as Kafka's size-based retention would.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -60,6 +62,7 @@ struct BrokerInner {
     data: Notify,
     waiters: AtomicUsize,
     retain: AtomicUsize,
+    cap: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -113,6 +116,7 @@ impl MemoryBroker {
                 data: Notify::new(),
                 waiters: AtomicUsize::new(0),
                 retain: AtomicUsize::new(100_000),
+                cap: AtomicUsize::new(1_000_000),
             }),
         }
     }
@@ -134,6 +138,12 @@ impl MemoryBroker {
     /// How many consumed records a partition keeps before dropping them.
     pub fn retain_records(&self, records: usize) -> &Self {
         self.inner.retain.store(records.max(1), Ordering::Relaxed);
+        self
+    }
+
+    /// The most records a partition holds; the oldest go first.
+    pub fn max_records(&self, records: usize) -> &Self {
+        self.inner.cap.store(records.max(1), Ordering::Relaxed);
         self
     }
 
@@ -225,6 +235,10 @@ impl MemoryBroker {
                 headers: msg.headers,
                 timestamp_ms: msg.timestamp_ms.unwrap_or_else(now_ms),
             });
+            if log.records.len() > self.inner.cap.load(Ordering::Relaxed) {
+                log.records.pop_front();
+                log.base += 1;
+            }
             offset
         };
         self.wake();
@@ -580,6 +594,18 @@ mod tests {
         let left = b.read("t", 0, 0, 100);
         assert_eq!(left.first().map(|m| m.offset), Some(5), "uncommitted records are kept");
         assert_eq!(b.end_offset("t", 0), Some(10));
+    }
+
+    #[test]
+    fn a_partition_never_holds_more_than_its_cap() {
+        let b = MemoryBroker::new();
+        b.max_records(3);
+        b.create_topic(&spec("t", 1)).unwrap();
+        for i in 0..10 {
+            b.append(msg("t", "k", &i.to_string())).unwrap();
+        }
+        let left: Vec<i64> = b.read("t", 0, 0, 100).iter().map(|m| m.offset).collect();
+        assert_eq!(left, [7, 8, 9], "the oldest go; offsets are kept");
     }
 
     #[tokio::test]
