@@ -263,6 +263,18 @@ impl Worker {
     }
 }
 
+impl Drop for Worker {
+    /// A worker dropped without [`stop`](Worker::stop) stops abruptly: it
+    /// leaves the group and its tasks end; nothing more is committed.
+    fn drop(&mut self) {
+        if let Some(dispatcher) = self.dispatcher.take() {
+            self.shared.stop.send_replace(true);
+            self.shared.control.close();
+            dispatcher.abort();
+        }
+    }
+}
+
 async fn shutdown_signal() -> Result<()> {
     let io = |source| Error::Io { context: "installing the signal handler".into(), source };
     #[cfg(unix)]

@@ -495,33 +495,22 @@ fn expect_list(meta: &Meta, example: &str, errors: &mut Errors) -> Option<Vec<Me
 /// Parses `min = .., max = ..` of a `range(...)`. `None` when an argument was
 /// wrong (already reported), so that no second error follows.
 fn parse_range_args(args: &[Meta], errors: &mut Errors) -> Option<(Option<Num>, Option<Num>)> {
-    let before = errors.count();
-    let (mut min, mut max) = (None, None);
-    for arg in args {
-        let Some(key) = meta_key(arg, errors) else { continue };
-        let slot = match key.as_str() {
-            "min" => &mut min,
-            "max" => &mut max,
-            _ => {
-                errors.push(syn::Error::new_spanned(
-                    arg.path(),
-                    format!("unknown `range` argument `{key}`: expected `min = <number>` and/or `max = <number>`"),
-                ));
-                continue;
-            }
-        };
-        let example = format!("range({key} = 0)");
-        let Some(value) = expect_value(arg, &example, errors) else { continue };
-        match parse_num(&key, value) {
-            Ok(num) => set_once(slot, num, arg, errors),
-            Err(error) => errors.push(error),
-        }
-    }
-    (errors.count() == before).then_some((min, max))
+    parse_bounds(args, errors, ("range", "<number>", "0"), parse_num)
 }
 
 /// Parses `min = .., max = ..` of a `len(...)`, like [`parse_range_args`].
 fn parse_len_args(args: &[Meta], errors: &mut Errors) -> Option<(Option<LenBound>, Option<LenBound>)> {
+    parse_bounds(args, errors, ("len", "<length>", "8"), parse_len)
+}
+
+/// Parses the `min`/`max` arguments of a rule, each with `parse`. `rule` names
+/// the rule, what a bound is, and an example bound, for the error messages.
+fn parse_bounds<T>(
+    args: &[Meta],
+    errors: &mut Errors,
+    (rule, what, example): (&str, &str, &str),
+    parse: fn(&str, &Expr) -> syn::Result<T>,
+) -> Option<(Option<T>, Option<T>)> {
     let before = errors.count();
     let (mut min, mut max) = (None, None);
     for arg in args {
@@ -532,14 +521,13 @@ fn parse_len_args(args: &[Meta], errors: &mut Errors) -> Option<(Option<LenBound
             _ => {
                 errors.push(syn::Error::new_spanned(
                     arg.path(),
-                    format!("unknown `len` argument `{key}`: expected `min = <length>` and/or `max = <length>`"),
+                    format!("unknown `{rule}` argument `{key}`: expected `min = {what}` and/or `max = {what}`"),
                 ));
                 continue;
             }
         };
-        let example = format!("len({key} = 8)");
-        let Some(value) = expect_value(arg, &example, errors) else { continue };
-        match parse_len(&key, value) {
+        let Some(value) = expect_value(arg, &format!("{rule}({key} = {example})"), errors) else { continue };
+        match parse(&key, value) {
             Ok(bound) => set_once(slot, bound, arg, errors),
             Err(error) => errors.push(error),
         }
