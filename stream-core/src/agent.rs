@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -231,6 +231,8 @@ pub(crate) struct InstanceState {
     pub(crate) streams: Mutex<Vec<Arc<StreamState>>>,
     /// An error raised outside the handler (a forwarding stage), ending its run.
     pub(crate) failure: Mutex<Option<BoxError>>,
+    /// Whether `failure` holds an error (read on every poll, without the lock).
+    pub(crate) failed: AtomicBool,
 }
 
 /// What a stream needs to know about the instance it belongs to.
@@ -265,6 +267,7 @@ impl InstanceCtx {
         let mut slot = lock(&self.state().failure);
         if slot.is_none() {
             *slot = Some(error);
+            self.state().failed.store(true, Ordering::Release);
         }
     }
 }
@@ -322,6 +325,7 @@ pub(crate) async fn supervise(agent: Arc<AgentRuntime>, index: usize) -> Result<
         let run = (agent.start)(ctx.clone());
         let outcome = AssertUnwindSafe(run).catch_unwind().await;
         let failure = lock(&state.failure).take();
+        state.failed.store(false, Ordering::Release);
         let streams: Vec<Arc<StreamState>> = std::mem::take(&mut *lock(&state.streams));
         let error: Option<BoxError> = match outcome {
             Ok(Ok(())) => failure,

@@ -158,7 +158,7 @@ impl<K: Payload, V: Payload> Stream for BaseStream<K, V> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         this.state.confirm_released();
-        if lock(&this.ctx.state().failure).is_some() {
+        if this.ctx.state().failed.load(Ordering::Acquire) {
             return Poll::Ready(None);
         }
         loop {

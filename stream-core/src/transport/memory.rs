@@ -217,6 +217,10 @@ impl MemoryBroker {
             topic: msg.topic.to_string(),
             reason: "does not exist (declare it with app.topic(..) so it is created on start)".into(),
         })?;
+        self.append_to(&topic, msg)
+    }
+
+    fn append_to(&self, topic: &MemTopic, msg: OutMessage) -> Result<(i32, i64)> {
         let count = topic.partitions.len() as i32;
         let partition = match (msg.partition, &msg.key) {
             (Some(p), _) => p,
@@ -314,7 +318,10 @@ pub struct MemoryTransport {
 impl MemoryTransport {
     /// A transport on `broker`, reporting acknowledgements to `sends`.
     pub fn new(broker: MemoryBroker, sends: Arc<SendTracker>) -> Self {
-        MemoryTransport { producer: Arc::new(MemoryProducer { broker: broker.clone(), sends }), broker }
+        MemoryTransport {
+            producer: Arc::new(MemoryProducer { broker: broker.clone(), sends, cache: RwLock::default() }),
+            broker,
+        }
     }
 
     /// The broker.
@@ -326,12 +333,35 @@ impl MemoryTransport {
 struct MemoryProducer {
     broker: MemoryBroker,
     sends: Arc<SendTracker>,
+    /// Topics by the address of the name a `Topic` sends with, so the hot path
+    /// neither hashes the name nor takes the broker's topic lock.
+    cache: RwLock<Vec<(Arc<str>, Arc<MemTopic>)>>,
+}
+
+impl MemoryProducer {
+    fn cached(&self, name: &Arc<str>) -> Option<Arc<MemTopic>> {
+        let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.iter().find(|(n, _)| Arc::ptr_eq(n, name)).map(|(_, t)| t.clone())
+    }
 }
 
 #[async_trait]
 impl Producer for MemoryProducer {
     fn try_send(&self, msg: OutMessage, seq: u64) -> Result<(), TrySendError> {
-        match self.broker.append(msg) {
+        let topic = match self.cached(&msg.topic) {
+            Some(topic) => topic,
+            None => {
+                let Some(topic) = self.broker.topic(&msg.topic) else {
+                    return self.broker.append(msg).map(|_| ()).map_err(TrySendError::Fatal);
+                };
+                let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if cache.len() < 64 {
+                    cache.push((msg.topic.clone(), topic.clone()));
+                }
+                topic
+            }
+        };
+        match self.broker.append_to(&topic, msg) {
             Ok(_) => {
                 self.sends.ack(seq);
                 Ok(())
