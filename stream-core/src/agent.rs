@@ -306,10 +306,15 @@ impl AgentRuntime {
     pub(crate) async fn dead_letter(&self, d: &Delivery, error: &str, kind: dlq::Kind) -> Result<(), Error> {
         let letter = dlq::letter(&d.raw, kind, error, &self.name);
         produce(&self.core, letter).await?;
+        self.dead_lettered(d, kind, &error);
+        Ok(())
+    }
+
+    /// Counts and logs a message that was sent to its dead-letter topic.
+    pub(crate) fn dead_lettered(&self, d: &Delivery, kind: dlq::Kind, error: &dyn std::fmt::Display) {
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(agent = %self.name, topic = %d.raw.topic, partition = d.raw.partition, offset = d.raw.offset,
             kind = kind.as_str(), %error, "dead-lettered");
-        Ok(())
     }
 }
 

@@ -134,9 +134,7 @@ impl<K: Payload, V: Payload> BaseStream<K, V> {
         let seq = core.sends.issue();
         match core.producer.try_send(letter, seq) {
             Ok(()) => {
-                self.ctx.agent.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(agent = %self.ctx.agent.name, topic = %d.raw.topic, partition = d.raw.partition,
-                    offset = d.raw.offset, kind = kind.as_str(), %error, "dead-lettered");
+                self.ctx.agent.dead_lettered(d, kind, error);
                 d.tracker.confirm(d.seq, core.sends.issued());
                 Ok(true)
             }
