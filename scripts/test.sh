@@ -2,9 +2,10 @@
 # The project's test command (README, .ci/run): formatting, lints, and every
 # test of the workspace — unit, integration, UI (trybuild), examples, doctests.
 #
-# The tests here run on the in-process memory transport and need no external
-# service. Kafka-protocol (Tansu), Postgres and MQTT checks join this script as
-# the tests that need them land (see issues #3 and #5).
+# The tests run against real services on 127.0.0.1, which scripts/test-env.sh
+# provides: a Kafka-protocol broker (Tansu, installed with cargo when missing,
+# started on :9092 unless one answers there and stopped again afterwards),
+# PostgreSQL and Mosquitto. A missing service fails the run; no test is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,11 @@ cargo fmt --all --check || fail "formatting: run cargo fmt --all"
 
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings || fail "clippy"
+
+step "test services (scripts/test-env.sh)"
+scripts/test-env.sh up || fail "test services"
+trap 'scripts/test-env.sh down' EXIT
+export STROM_TEST_KAFKA=127.0.0.1:9092
 
 step "cargo test (workspace)"
 cargo test --workspace --locked 2>&1 | tee target/test-output.log

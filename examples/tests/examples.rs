@@ -52,7 +52,7 @@ async fn relay_adds_relayed_keeps_keys_and_dead_letters_the_rest() {
     assert!(letters.iter().all(|l| l.source_topic == "relay.in" && !l.error.is_empty()));
     assert!(letters.iter().any(|l| l.error.contains("id: must be an integer, not \"seven\"")));
     assert!(letters.iter().any(|l| l.error.contains("id: is missing")));
-    driver.wait_until(WAIT, |d| d.caught_up("relay.in")).await.unwrap();
+    driver.wait_until(WAIT, async |d| d.caught_up("relay.in").await).await.unwrap();
     driver.stop().await.unwrap();
 }
 
@@ -74,7 +74,10 @@ async fn dlq_rejects_bad_payments_and_accepts_good_ones() {
     assert_eq!(kinds.iter().filter(|k| **k == "decode").count(), 2);
     assert_eq!(kinds.iter().filter(|k| **k == "validation").count(), 1);
     let stats = driver.worker().unwrap().agent_stats("report-dead-letters").unwrap();
-    driver.wait_until(WAIT, |_| stats.processed.load(std::sync::atomic::Ordering::Relaxed) == 3).await.unwrap();
+    driver
+        .wait_until(WAIT, async |_| Ok(stats.processed.load(std::sync::atomic::Ordering::Relaxed) == 3))
+        .await
+        .unwrap();
     driver.stop().await.unwrap();
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::agent::{Agent, AgentDef};
 use crate::error::{BoxError, Error, Result};
+use crate::metrics::Metrics;
 use crate::record::Payload;
 use crate::stream::EventStream;
 use crate::timer::{Schedule, TimerDef};
@@ -26,8 +27,12 @@ pub struct AppConfig {
     pub broker: String,
     /// Where table stores live.
     pub state_dir: PathBuf,
-    /// The HTTP port (`0` picks a free one).
-    pub web_port: u16,
+    /// The HTTP port of `/metrics`, `/health` and `/ready` (`0` picks a free
+    /// one, `None` serves nothing).
+    pub web_port: Option<u16>,
+    /// A prefix for every topic name and for the consumer group, so that
+    /// several deployments (or test runs) can share one cluster.
+    pub topic_prefix: String,
     /// How often processed offsets are committed.
     pub commit_interval: Duration,
     /// How long shutdown waits for in-flight events.
@@ -49,7 +54,8 @@ impl AppConfig {
             state_dir: PathBuf::from("state").join(&id),
             id,
             broker: "kafka://127.0.0.1:9092".into(),
-            web_port: 6066,
+            web_port: Some(6066),
+            topic_prefix: String::new(),
             commit_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             default_partitions: 1,
@@ -59,7 +65,8 @@ impl AppConfig {
     }
 
     /// Applies the environment: `STROM_BROKER`, `STROM_STATE_DIR`,
-    /// `STROM_WEB_PORT`, `STROM_COMMIT_INTERVAL_MS`, `STROM_SHUTDOWN_TIMEOUT_MS`,
+    /// `STROM_WEB_PORT` (a number, or `off`), `STROM_TOPIC_PREFIX`,
+    /// `STROM_COMMIT_INTERVAL_MS`, `STROM_SHUTDOWN_TIMEOUT_MS`,
     /// `STROM_REPLICATION` and every `STROM_KAFKA_<PROPERTY>`.
     pub fn apply_env(mut self) -> Result<Self> {
         self.apply_vars(std::env::vars())?;
@@ -74,7 +81,9 @@ impl AppConfig {
             match name.as_str() {
                 "STROM_BROKER" => self.broker = value,
                 "STROM_STATE_DIR" => self.state_dir = PathBuf::from(value),
-                "STROM_WEB_PORT" => self.web_port = parse(&name, &value)?,
+                "STROM_WEB_PORT" if value.trim() == "off" => self.web_port = None,
+                "STROM_WEB_PORT" => self.web_port = Some(parse(&name, &value)?),
+                "STROM_TOPIC_PREFIX" => self.topic_prefix = value,
                 "STROM_COMMIT_INTERVAL_MS" => self.commit_interval = Duration::from_millis(parse(&name, &value)?),
                 "STROM_SHUTDOWN_TIMEOUT_MS" => self.shutdown_timeout = Duration::from_millis(parse(&name, &value)?),
                 "STROM_REPLICATION" => self.replication = parse(&name, &value)?,
@@ -86,6 +95,16 @@ impl AppConfig {
             }
         }
         Ok(())
+    }
+
+    /// The consumer group: the app id, after the topic prefix.
+    pub fn group_id(&self) -> String {
+        format!("{}{}", self.topic_prefix, self.id)
+    }
+
+    /// The full name of a topic the app calls `name`.
+    pub fn topic_name(&self, name: &str) -> String {
+        format!("{}{name}", self.topic_prefix)
     }
 }
 
@@ -118,9 +137,22 @@ impl AppBuilder {
         self
     }
 
-    /// Sets the HTTP port.
+    /// Sets the HTTP port (`0` picks a free one).
     pub fn web_port(mut self, port: u16) -> Self {
-        self.config.web_port = port;
+        self.config.web_port = Some(port);
+        self
+    }
+
+    /// Serves no HTTP endpoint.
+    pub fn without_web(mut self) -> Self {
+        self.config.web_port = None;
+        self
+    }
+
+    /// Prefixes every topic name and the consumer group (see
+    /// [`AppConfig::topic_prefix`]).
+    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.topic_prefix = prefix.into();
         self
     }
 
@@ -167,6 +199,7 @@ pub(crate) struct AppCore {
     pub(crate) producer: Arc<dyn Producer>,
     pub(crate) sends: Arc<SendTracker>,
     pub(crate) topics: Mutex<BTreeMap<String, TopicInfo>>,
+    pub(crate) metrics: Metrics,
 }
 
 /// A Strom application: topics, agents, timers, and the worker that runs them.
@@ -222,8 +255,9 @@ impl App {
         let sends = SendTracker::new();
         let transport = transport::connect(&config.broker, &config, sends.clone())?;
         let producer = transport.producer();
+        let metrics = Metrics::new(sends.clone());
         Ok(App {
-            core: Arc::new(AppCore { config, transport, producer, sends, topics: Mutex::default() }),
+            core: Arc::new(AppCore { config, transport, producer, sends, topics: Mutex::default(), metrics }),
             agents: Arc::default(),
             timers: Arc::default(),
         })
@@ -239,10 +273,16 @@ impl App {
         &self.core.config
     }
 
+    /// The app's metrics, where services register their own.
+    pub fn metrics(&self) -> &Metrics {
+        &self.core.metrics
+    }
+
     /// Declares a topic with key type `K` and value type `V`, using their
     /// default codecs. Declared topics are created when the worker starts.
+    /// The name gets the app's [topic prefix](AppConfig::topic_prefix).
     pub fn topic<K: Payload, V: Payload>(&self, name: &str) -> Topic<K, V> {
-        Topic::declare(self.core.clone(), name)
+        Topic::declare(self.core.clone(), &self.core.config.topic_name(name))
     }
 
     /// Declares an agent: `handler` is called with the stream of events of
@@ -360,7 +400,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.broker, "memory://x");
-        assert_eq!(c.web_port, 0);
+        assert_eq!(c.web_port, Some(0));
         assert_eq!(c.commit_interval, Duration::from_millis(250));
         assert_eq!(c.kafka.get("session.timeout.ms").map(String::as_str), Some("6000"));
         assert_eq!(c.kafka.get("security.protocol").map(String::as_str), Some("SASL_SSL"));

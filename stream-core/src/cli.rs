@@ -118,7 +118,8 @@ async fn run(app: &App, command: Command, out: &mut dyn Write) -> Result<()> {
         Command::Send { topic, key, value, file } => {
             let (info, declared) = {
                 let topics = lock(&app.core.topics);
-                (topics.get(&topic).cloned(), topics.keys().cloned().collect::<Vec<_>>())
+                let full = app.config().topic_name(&topic);
+                (topics.get(&full).or_else(|| topics.get(&topic)).cloned(), topics.keys().cloned().collect::<Vec<_>>())
             };
             let info = info.ok_or_else(|| {
                 Error::Usage(format!("unknown topic {topic:?}; declared topics: {}", declared.join(", ")))
@@ -143,7 +144,7 @@ async fn run(app: &App, command: Command, out: &mut dyn Write) -> Result<()> {
             let mut receipts = Vec::new();
             for v in &values {
                 let msg = OutMessage {
-                    topic: topic.as_str().into(),
+                    topic: info.spec.name.as_str().into(),
                     partition: None,
                     key: key.as_ref().map(|k| Bytes::copy_from_slice(k.as_bytes())),
                     value: Some(Bytes::copy_from_slice(v.as_bytes())),

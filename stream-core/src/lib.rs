@@ -55,6 +55,7 @@ pub mod codec;
 pub mod dlq;
 mod error;
 mod event;
+pub mod metrics;
 pub mod record;
 mod stream;
 pub mod testing;
@@ -62,6 +63,8 @@ mod timer;
 mod topic;
 pub mod tracking;
 pub mod transport;
+#[cfg(feature = "web")]
+mod web;
 mod worker;
 
 pub use agent::{Agent, AgentStats, ErrorPolicy, OnExhausted};
@@ -69,6 +72,7 @@ pub use app::{App, AppBuilder, AppConfig};
 pub use cli::{init_logging, run_command};
 pub use error::{BoxError, Error, Origin, Result};
 pub use event::Event;
+pub use metrics::Metrics;
 pub use record::{Payload, Record, Schema, ValidationError};
 pub use stream::{Batches, EventStream};
 #[cfg(feature = "derive")]

@@ -1,6 +1,7 @@
-//! A test driver: run an app (or a single agent) on a private in-memory broker
-//! inside a `#[tokio::test]`, push events, read what it produced, inspect the
-//! dead letters.
+//! A test driver: run an app (or a single agent) inside a `#[tokio::test]`,
+//! on a private in-memory broker ([`TestDriver::app`]) or on a real Kafka
+//! broker with topics of its own ([`TestDriver::app_on`]); push events, read
+//! what it produced, inspect the dead letters and the committed offsets.
 //!
 //! ```
 //! use std::time::Duration;
@@ -49,34 +50,53 @@ use crate::transport::memory::MemoryBroker;
 use crate::transport::{OutMessage, RawMessage, TopicPartition};
 use crate::worker::Worker;
 
-/// Drives an app on its private memory broker.
+/// Drives an app on a private memory broker, or on a real one with topics of
+/// its own.
 #[derive(Debug)]
 pub struct TestDriver {
     app: App,
-    broker: MemoryBroker,
     worker: Option<Worker>,
     cursors: Mutex<HashMap<(String, i32), i64>>,
+}
+
+fn unique() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{}-{n}-{nanos:x}", std::process::id())
 }
 
 impl TestDriver {
     /// An app on a new private `memory://` broker, committing every 50 ms.
     pub fn app(id: &str) -> App {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let broker = format!("memory://test-{id}-{}-{n}", std::process::id());
-        match App::builder(id).broker(broker).commit_interval(Duration::from_millis(50)).build() {
+        Self::app_on(&format!("memory://test-{id}-{}", unique()), id)
+    }
+
+    /// An app on `broker` (`memory://...` or `kafka://...`), committing every
+    /// 50 ms, serving no HTTP. On Kafka its topics and consumer group get a
+    /// unique prefix, so tests can share a broker and run in parallel.
+    pub fn app_on(broker: &str, id: &str) -> App {
+        let mut builder = App::builder(id).broker(broker).commit_interval(Duration::from_millis(50)).without_web();
+        if !broker.starts_with("memory://") {
+            builder = builder.topic_prefix(format!("test-{}-", unique()));
+        }
+        match builder.build() {
             Ok(app) => app,
             Err(e) => panic!("cannot build a test app {id:?}: {e}"),
         }
     }
 
-    /// Starts the app's worker. The app must use `memory://`.
+    /// Starts the app's worker and waits (up to 30 s) for its first assignment.
     pub async fn start(app: &App) -> Result<TestDriver> {
-        let broker =
-            app.memory_broker().ok_or_else(|| Error::Usage("the test driver runs apps on memory:// only".into()))?;
         let worker = app.start().await?;
-        let driver = TestDriver { app: app.clone(), broker, worker: Some(worker), cursors: Mutex::default() };
-        driver.wait_until(Duration::from_secs(5), |d| d.worker.as_ref().is_some_and(Worker::is_ready)).await?;
+        let driver = TestDriver { app: app.clone(), worker: Some(worker), cursors: Mutex::default() };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !driver.worker.as_ref().is_some_and(Worker::is_ready) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Usage("the worker had no assignment within 30 s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Ok(driver)
     }
 
@@ -85,9 +105,9 @@ impl TestDriver {
         &self.app
     }
 
-    /// The broker.
-    pub fn broker(&self) -> &MemoryBroker {
-        &self.broker
+    /// The memory broker, when the app runs on `memory://`.
+    pub fn broker(&self) -> Option<MemoryBroker> {
+        self.app.memory_broker()
     }
 
     /// The running worker.
@@ -95,15 +115,20 @@ impl TestDriver {
         self.worker.as_ref()
     }
 
-    /// Sends a value to a topic.
+    /// The full name of a topic the app calls `name` (with the test prefix).
+    pub fn topic_name(&self, name: &str) -> String {
+        self.app.config().topic_name(name)
+    }
+
+    /// Sends a value to a topic and waits for the broker's acknowledgement.
     pub async fn send<K: Payload, V: Payload>(&self, topic: &Topic<K, V>, key: Option<&K>, value: &V) -> Result<()> {
         topic.send(key, value).await?.await
     }
 
-    /// Sends raw bytes to a topic (for malformed input).
+    /// Sends raw bytes to a topic the app calls `topic` (for malformed input).
     pub async fn send_raw(&self, topic: &str, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
         let msg = OutMessage {
-            topic: topic.into(),
+            topic: self.topic_name(topic).into(),
             partition: None,
             key: key.map(Bytes::copy_from_slice),
             value: Some(Bytes::copy_from_slice(value)),
@@ -113,14 +138,30 @@ impl TestDriver {
         produce(&self.app.core, msg).await?.await
     }
 
-    /// Every message of a topic so far, partition by partition.
-    pub fn messages(&self, topic: &str) -> Vec<RawMessage> {
-        let partitions = self.partitions(topic);
-        (0..partitions).flat_map(|p| self.broker.read(topic, p, 0, usize::MAX)).collect()
+    async fn partitions(&self, full_name: &str) -> Result<i32> {
+        Ok(self.app.core.transport.partitions(full_name).await?.unwrap_or(0))
     }
 
-    fn partitions(&self, topic: &str) -> i32 {
-        (0..).take_while(|p| self.broker.end_offset(topic, *p).is_some()).count() as i32
+    fn tp(full_name: &str, partition: i32) -> TopicPartition {
+        TopicPartition { topic: full_name.into(), partition }
+    }
+
+    /// Every message of a topic the app calls `topic`, partition by partition.
+    pub async fn messages(&self, topic: &str) -> Result<Vec<RawMessage>> {
+        let name = self.topic_name(topic);
+        let mut out = Vec::new();
+        for p in 0..self.partitions(&name).await? {
+            let mut from = 0;
+            loop {
+                let batch = self.app.core.transport.read(&Self::tp(&name, p), from, 10_000).await?;
+                if batch.messages.is_empty() {
+                    break;
+                }
+                from = batch.next;
+                out.extend(batch.messages);
+            }
+        }
+        Ok(out)
     }
 
     /// Reads the next `n` messages of `topic` (after those read by earlier
@@ -132,75 +173,98 @@ impl TestDriver {
         timeout: Duration,
     ) -> Result<Vec<Event<K, V>>> {
         let name = topic.name().to_owned();
-        self.wait_until(timeout, |d| d.unread(&name) >= n).await.map_err(|_| {
-            Error::Usage(format!(
-                "expected {n} new message(s) on {name} within {timeout:?}, got {}",
-                self.unread(&name)
-            ))
-        })?;
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut out = Vec::new();
-        let mut cursors = lock(&self.cursors);
-        for p in 0..self.partitions(&name) {
+        loop {
+            for p in 0..self.partitions(&name).await? {
+                if out.len() >= n {
+                    break;
+                }
+                let cursor = lock(&self.cursors).get(&(name.clone(), p)).copied().unwrap_or(0);
+                let batch = self.app.core.transport.read(&Self::tp(&name, p), cursor, n - out.len()).await?;
+                if let Some(last) = batch.messages.last() {
+                    lock(&self.cursors).insert((name.clone(), p), last.offset + 1);
+                }
+                for raw in batch.messages {
+                    let (key, value) = topic.decode(&raw)?;
+                    out.push(Event::new(key, value).with_origin(&name, raw.partition, raw.offset));
+                }
+            }
             if out.len() >= n {
-                break;
+                return Ok(out);
             }
-            let cursor = cursors.entry((name.clone(), p)).or_insert(0);
-            for raw in self.broker.read(&name, p, *cursor, n - out.len()) {
-                *cursor = raw.offset + 1;
-                let (key, value) = topic.decode(&raw)?;
-                out.push(Event::new(key, value).with_origin(&name, raw.partition, raw.offset));
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Usage(format!(
+                    "expected {n} new message(s) on {name} within {timeout:?}, got {}",
+                    out.len()
+                )));
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(out)
     }
 
-    fn unread(&self, topic: &str) -> usize {
-        let cursors = lock(&self.cursors);
-        (0..self.partitions(topic))
-            .map(|p| {
-                let end = self.broker.end_offset(topic, p).unwrap_or(0);
-                (end - cursors.get(&(topic.to_owned(), p)).copied().unwrap_or(0)).max(0) as usize
-            })
-            .sum()
-    }
-
-    /// Waits until `topic`'s dead-letter topic holds `n` messages, and returns them all.
+    /// Waits until the dead-letter topic of the topic the app calls `topic`
+    /// holds `n` messages, and returns them all.
     pub async fn dead_letters(&self, topic: &str, n: usize, timeout: Duration) -> Result<Vec<DeadLetter>> {
         let dlq = dlq_topic(topic);
-        self.wait_until(timeout, |d| d.messages(&dlq).len() >= n).await.map_err(|_| {
-            Error::Usage(format!("expected {n} dead letter(s) on {dlq}, got {}", self.messages(&dlq).len()))
-        })?;
-        Ok(self.messages(&dlq).iter().filter_map(DeadLetter::from_raw).collect())
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let messages = self.messages(&dlq).await?;
+            if messages.len() >= n {
+                return Ok(messages.iter().filter_map(DeadLetter::from_raw).collect());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Usage(format!("expected {n} dead letter(s) on {dlq}, got {}", messages.len())));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
-    /// The committed position of the app's group on a partition.
-    pub fn committed(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.broker.committed(self.app.id(), &TopicPartition { topic: topic.into(), partition })
+    /// The committed position of the app's group on a partition of the topic
+    /// the app calls `topic`.
+    pub async fn committed(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        let tp = Self::tp(&self.topic_name(topic), partition);
+        self.app.core.transport.committed(&self.app.config().group_id(), &tp).await
     }
 
     /// Whether the app's group has committed every partition of `topic` up to
     /// its end (partitions that never held a message count as caught up).
-    pub fn caught_up(&self, topic: &str) -> bool {
-        (0..self.partitions(topic)).all(|p| {
-            let end = self.broker.end_offset(topic, p);
-            end == Some(0) || self.committed(topic, p) == end
-        })
+    pub async fn caught_up(&self, topic: &str) -> Result<bool> {
+        let name = self.topic_name(topic);
+        for p in 0..self.partitions(&name).await? {
+            let committed = self.committed(topic, p).await?;
+            let from = committed.unwrap_or(0);
+            let rest = self.app.core.transport.read(&Self::tp(&name, p), from, 1).await?;
+            if !rest.messages.is_empty() || (committed.is_none() && rest.next > 0) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
-    /// Waits until `done` holds, checking every few milliseconds.
-    pub async fn wait_until(&self, timeout: Duration, done: impl Fn(&Self) -> bool) -> Result<()> {
+    /// Waits until `done` holds, checking every few milliseconds. An error
+    /// from `done` counts as not yet.
+    pub async fn wait_until(&self, timeout: Duration, done: impl AsyncFn(&Self) -> Result<bool>) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
-        while !done(self) {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Usage(format!("condition not met within {timeout:?}")));
+        loop {
+            match done(self).await {
+                Ok(true) => return Ok(()),
+                Ok(false) | Err(_) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::Usage(format!("condition not met within {timeout:?}")));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Ok(())
     }
 
     /// Stops the worker gracefully, returning what it returned.
     pub async fn stop(mut self) -> Result<()> {
+        self.stop_worker().await
+    }
+
+    /// Stops the worker gracefully and keeps the driver, to inspect what the
+    /// worker left behind (outputs, committed offsets).
+    pub async fn stop_worker(&mut self) -> Result<()> {
         match self.worker.take() {
             Some(worker) => worker.stop().await,
             None => Ok(()),

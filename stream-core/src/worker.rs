@@ -7,11 +7,21 @@
 //! to the instance chosen by the key's hash; revocations drain and commit the
 //! partitions before the consumer lets them go. A committer commits positions on
 //! an interval.
+//!
+//! The dispatcher never waits for a slow agent: a batch an instance's full
+//! inbox cannot take is parked, and the partitions it came from are paused at
+//! the consumer until the instance takes it. Other agents go on.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -19,6 +29,7 @@ use crate::agent::{AgentRuntime, Command, supervise};
 use crate::app::{App, AppCore};
 use crate::error::{Error, Result};
 use crate::event::Delivery;
+use crate::metrics::WorkerProbe;
 use crate::tracking::{PartitionTracker, lock};
 use crate::transport::{ConsumerControl, ConsumerEvent, RawMessage, TopicPartition, partition_for_key};
 
@@ -27,7 +38,22 @@ struct Route {
     agent: usize,
     senders: Vec<mpsc::Sender<Vec<Delivery>>>,
     trackers: HashMap<i32, Arc<PartitionTracker>>,
+    /// Per instance, the batches its full inbox could not take yet, in order.
+    parked: Vec<VecDeque<Vec<Delivery>>>,
 }
+
+impl Route {
+    fn new(agent: usize, senders: Vec<mpsc::Sender<Vec<Delivery>>>) -> Route {
+        let parked = senders.iter().map(|_| VecDeque::new()).collect();
+        Route { agent, senders, trackers: HashMap::new(), parked }
+    }
+}
+
+/// An instance of a route: (topic, route index, instance index).
+type Slot = (Arc<str>, usize, usize);
+
+/// An instance's inbox has room again.
+type Permit = (Slot, Option<mpsc::OwnedPermit<Vec<Delivery>>>);
 
 /// Trackers by partition, and what was last committed: shared by the
 /// dispatcher, the committer and shutdown.
@@ -73,25 +99,48 @@ struct Shared {
     core: Arc<AppCore>,
     control: Arc<dyn ConsumerControl>,
     commits: Mutex<Commits>,
+    /// One commit at a time, so a late commit never moves a position back.
+    committing: tokio::sync::Mutex<()>,
+    /// Each agent's name, source topic and counters, for the metrics.
+    agent_stats: Vec<(String, String, Arc<crate::agent::AgentStats>)>,
     ready: AtomicBool,
     failure: Mutex<Option<Error>>,
     stop: watch::Sender<bool>,
 }
 
 impl Shared {
-    fn commit(&self, only: Option<&[TopicPartition]>) {
-        let mut commits = lock(&self.commits);
-        let due = commits.due(only);
+    /// Commits what is done on these partitions (all if `None`) and waits for
+    /// the broker's answer. Returns whether everything due was committed.
+    async fn commit(&self, only: Option<&[TopicPartition]>) -> bool {
+        let _one = self.committing.lock().await;
+        let due = lock(&self.commits).due(only);
         if due.is_empty() {
-            return;
+            return true;
         }
-        match self.control.commit(&due) {
-            Ok(()) => {
-                for (tp, p) in due {
-                    commits.committed.insert(tp, p);
-                }
+        let control = self.control.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || control.commit(&due).map(|()| due)).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                Err(Error::Transport { transport: self.core.transport.kind(), reason: format!("commit task: {e}") })
             }
-            Err(e) => tracing::warn!(error = %e, "commit failed; will retry"),
+        };
+        self.core.metrics.commit_done(started.elapsed(), result.is_ok());
+        match result {
+            Ok(due) => {
+                let mut commits = lock(&self.commits);
+                for (tp, p) in due {
+                    if commits.trackers.contains_key(&tp) {
+                        commits.committed.insert(tp, p);
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "commit failed; will retry");
+                false
+            }
         }
     }
 
@@ -105,14 +154,49 @@ impl Shared {
     }
 }
 
+impl WorkerProbe for Shared {
+    fn agents(&self) -> Vec<(String, String, Arc<crate::agent::AgentStats>)> {
+        self.agent_stats.clone()
+    }
+
+    fn lag(&self) -> Vec<(String, i32, Option<i64>)> {
+        let commits = lock(&self.commits);
+        commits
+            .trackers
+            .keys()
+            .map(|tp| {
+                let end = self.control.end_offset(tp);
+                let lag = end.zip(commits.committed.get(tp)).map(|(end, pos)| end - pos);
+                (tp.topic.to_string(), tp.partition, lag)
+            })
+            .collect()
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(feature = "web")]
+impl crate::web::Status for Shared {
+    fn healthy(&self) -> bool {
+        lock(&self.failure).is_none()
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !*self.stop.borrow()
+    }
+}
+
 /// A running worker. [`stop`](Self::stop) it to shut down cleanly.
 pub struct Worker {
     shared: Arc<Shared>,
     agents: Vec<Arc<AgentRuntime>>,
-    dispatcher: Option<tokio::task::JoinHandle<()>>,
+    dispatcher: Option<tokio::task::JoinHandle<Option<mpsc::Receiver<ConsumerEvent>>>>,
     instances: JoinSet<()>,
     background: JoinSet<()>,
     stop_rx: watch::Receiver<bool>,
+    web_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -137,32 +221,33 @@ impl Worker {
 
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let mut agents = Vec::new();
+        let mut agent_stats = Vec::new();
         let mut routes: HashMap<Arc<str>, Vec<Route>> = HashMap::new();
         for (index, def) in defs.iter().enumerate() {
             let def = lock(def);
             let (runtime, senders) = AgentRuntime::new(index, &def, core.clone(), commands_tx.clone());
-            routes.entry(def.topic.clone()).or_default().push(Route {
-                agent: index,
-                senders,
-                trackers: HashMap::new(),
-            });
+            routes.entry(def.topic.clone()).or_default().push(Route::new(index, senders));
+            agent_stats.push((def.name.clone(), def.topic.to_string(), runtime.stats.clone()));
             agents.push(runtime);
         }
         drop(commands_tx);
         let mut topics: Vec<String> = routes.keys().map(|t| t.to_string()).collect();
         topics.sort();
 
-        let consumer = core.transport.consumer(&core.config.id, &topics)?;
+        let consumer = core.transport.consumer(&core.config.group_id(), &topics)?;
         let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             core: core.clone(),
             control: consumer.control.clone(),
             commits: Mutex::default(),
+            committing: tokio::sync::Mutex::new(()),
+            agent_stats,
             // With nothing to consume there is no assignment to wait for.
             ready: AtomicBool::new(topics.is_empty()),
             failure: Mutex::default(),
             stop,
         });
+        core.metrics.attach(shared.clone());
 
         let mut instances = JoinSet::new();
         for agent in &agents {
@@ -177,17 +262,41 @@ impl Worker {
             }
         }
 
-        let dispatcher =
-            Dispatcher { shared: shared.clone(), agents: agents.clone(), routes, assigned: HashSet::new() };
-        let dispatcher = tokio::spawn(dispatcher.run(consumer.events, commands_rx));
+        let dispatcher = Dispatcher {
+            shared: shared.clone(),
+            agents: agents.clone(),
+            routes,
+            assigned: HashSet::new(),
+            waiting: FuturesUnordered::new(),
+            held: HashMap::new(),
+        };
+        let dispatcher = tokio::spawn(dispatcher.run(consumer.events, commands_rx, stop_rx.clone()));
 
         let mut background = JoinSet::new();
         background.spawn(commit_loop(shared.clone(), stop_rx.clone()));
         for timer in lock(&app.timers).iter().cloned() {
             background.spawn(timer.run(stop_rx.clone()));
         }
+        let web_addr = match core.config.web_port {
+            #[cfg(feature = "web")]
+            Some(port) => {
+                let (addr, task) =
+                    crate::web::serve(port, core.metrics.clone(), shared.clone(), stop_rx.clone()).await?;
+                tracing::info!("metrics at http://{addr}/metrics");
+                background.spawn(async move {
+                    let _ = task.await;
+                });
+                Some(addr)
+            }
+            _ => None,
+        };
         tracing::info!(app = %core.config.id, broker = %core.config.broker, agents = agents.len(), "worker started");
-        Ok(Worker { shared, agents, dispatcher: Some(dispatcher), instances, background, stop_rx })
+        Ok(Worker { shared, agents, dispatcher: Some(dispatcher), instances, background, stop_rx, web_addr })
+    }
+
+    /// The address of the HTTP endpoint (`/metrics`, `/health`, `/ready`), if it serves one.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
     }
 
     /// Whether the worker has received its first assignment.
@@ -205,9 +314,10 @@ impl Worker {
         self.agents.iter().find(|a| a.name == name).map(|a| a.stats.clone())
     }
 
-    /// Commits what is done now, without waiting for the interval.
-    pub fn commit_now(&self) {
-        self.shared.commit(None);
+    /// Commits what is done now, without waiting for the interval, and
+    /// returns whether the broker took it.
+    pub async fn commit_now(&self) -> bool {
+        self.shared.commit(None).await
     }
 
     /// Resolves when the worker must stop on its own (an agent stopped, a send
@@ -234,11 +344,13 @@ impl Worker {
     pub async fn stop(mut self) -> Result<()> {
         let timeout = self.shared.core.config.shutdown_timeout;
         self.shared.stop.send_replace(true);
-        self.shared.control.close();
-        if let Some(dispatcher) = self.dispatcher.take()
-            && tokio::time::timeout(timeout, dispatcher).await.is_err()
-        {
-            tracing::warn!("dispatcher did not stop in time");
+        let mut events = None;
+        if let Some(dispatcher) = self.dispatcher.take() {
+            match tokio::time::timeout(timeout, dispatcher).await {
+                Ok(Ok(rx)) => events = rx,
+                Ok(Err(e)) => tracing::warn!(error = %e, "dispatcher ended abnormally"),
+                Err(_) => tracing::warn!("dispatcher did not stop in time"),
+            }
         }
         let drained =
             tokio::time::timeout(timeout, async { while self.instances.join_next().await.is_some() {} }).await;
@@ -252,7 +364,22 @@ impl Worker {
         if let Err(e) = self.shared.core.producer.flush(timeout).await {
             tracing::warn!(error = %e, "flush at shutdown failed");
         }
-        self.shared.commit(None);
+        self.shared.commit(None).await;
+        // Leave the group, answering any revocation it brings at once.
+        self.shared.control.close();
+        if let Some(mut events) = events {
+            let left = tokio::time::timeout(Duration::from_secs(10), async {
+                while let Some(event) = events.recv().await {
+                    if let ConsumerEvent::Revoked(_, done) = event {
+                        let _ = done.send(());
+                    }
+                }
+            });
+            if left.await.is_err() {
+                tracing::warn!("the consumer did not leave the group in time");
+            }
+        }
+        self.shared.core.metrics.detach();
         self.background.abort_all();
         while self.background.join_next().await.is_some() {}
         tracing::info!(app = %self.shared.core.config.id, "worker stopped");
@@ -270,6 +397,7 @@ impl Drop for Worker {
         if let Some(dispatcher) = self.dispatcher.take() {
             self.shared.stop.send_replace(true);
             self.shared.control.close();
+            self.shared.core.metrics.detach();
             dispatcher.abort();
         }
     }
@@ -291,6 +419,11 @@ async fn shutdown_signal() -> Result<()> {
     }
 }
 
+/// Resolves once the worker is asked to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 async fn commit_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(shared.core.config.commit_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -303,7 +436,7 @@ async fn commit_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             shared.fail(Error::Send { topic: String::new(), reason: format!("message #{seq} was refused: {reason}") });
             return;
         }
-        shared.commit(None);
+        shared.commit(None).await;
     }
 }
 
@@ -312,26 +445,39 @@ struct Dispatcher {
     agents: Vec<Arc<AgentRuntime>>,
     routes: HashMap<Arc<str>, Vec<Route>>,
     assigned: HashSet<TopicPartition>,
+    /// Room in the inboxes of instances with parked batches.
+    waiting: FuturesUnordered<Pin<Box<dyn Future<Output = Permit> + Send>>>,
+    /// The partitions paused for each instance with parked batches.
+    held: HashMap<Slot, HashSet<TopicPartition>>,
 }
 
 impl Dispatcher {
-    async fn run(mut self, mut events: mpsc::Receiver<ConsumerEvent>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    /// Runs until the worker stops or the consumer closes; returns the event
+    /// channel (when still open) so shutdown can see the consumer leave.
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<ConsumerEvent>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Option<mpsc::Receiver<ConsumerEvent>> {
         let mut commands_open = true;
         loop {
             tokio::select! {
                 biased;
+                () = stopped(&mut stop) => return Some(events),
                 command = commands.recv(), if commands_open => match command {
                     Some(command) => self.command(command).await,
                     None => commands_open = false,
                 },
+                Some(permit) = self.waiting.next(), if !self.waiting.is_empty() => self.unpark(permit),
                 event = events.recv() => match event {
                     Some(event) => self.event(event).await,
-                    None => break,
+                    None => return None,
                 },
             }
         }
         // Dropping the routes closes the instances' inboxes: they finish what
-        // they hold and end.
+        // they hold and end. Parked batches are dropped uncommitted.
     }
 
     async fn command(&mut self, command: Command) {
@@ -350,7 +496,7 @@ impl Dispatcher {
                         tracing::warn!(error = %e, "cannot create the dead-letter topic of stage {topic}");
                     }
                 }
-                let mut route = Route { agent, senders, trackers: HashMap::new() };
+                let mut route = Route::new(agent, senders);
                 let tps: Vec<TopicPartition> = self.assigned.iter().filter(|tp| tp.topic == topic).cloned().collect();
                 for tp in tps {
                     self.add_tracker(&mut route, tp);
@@ -375,6 +521,9 @@ impl Dispatcher {
         match event {
             ConsumerEvent::Assigned(tps) => {
                 tracing::info!(partitions = %list(&tps), "assigned");
+                self.shared.core.metrics.rebalance("assigned");
+                // A hook for tables: their partitions recover here, before
+                // the first message of the partition is dispatched.
                 for tp in tps {
                     let mut routes = self.routes.remove(&tp.topic).unwrap_or_default();
                     for route in &mut routes {
@@ -387,17 +536,34 @@ impl Dispatcher {
             }
             ConsumerEvent::Revoked(tps, done) => {
                 tracing::info!(partitions = %list(&tps), "revoked: draining");
+                self.shared.core.metrics.rebalance("revoked");
+                let timeout = self.shared.core.config.shutdown_timeout;
+                let deadline = tokio::time::Instant::now() + timeout;
+                // What was fetched is handed over and finished, then committed.
+                while !self.waiting.is_empty() {
+                    match tokio::time::timeout_at(deadline, self.waiting.next()).await {
+                        Ok(Some(permit)) => self.unpark(permit),
+                        Ok(None) => break,
+                        Err(_) => {
+                            tracing::warn!("agents did not take the parked events of revoked partitions in time");
+                            break;
+                        }
+                    }
+                }
                 let trackers: Vec<Arc<PartitionTracker>> = {
                     let commits = lock(&self.shared.commits);
                     tps.iter().filter_map(|tp| commits.trackers.get(tp)).flatten().cloned().collect()
                 };
-                let timeout = self.shared.core.config.shutdown_timeout;
                 for t in &trackers {
-                    if !t.drain(timeout).await {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if !t.drain(left).await {
                         tracing::warn!(partition = %t.tp, "revoked partition did not drain in time");
                     }
                 }
-                self.shared.commit(Some(&tps));
+                if let Err(e) = self.shared.core.producer.flush(timeout).await {
+                    tracing::warn!(error = %e, "flush on revoke failed");
+                }
+                self.shared.commit(Some(&tps)).await;
                 let mut commits = lock(&self.shared.commits);
                 for tp in &tps {
                     commits.trackers.remove(tp);
@@ -408,16 +574,19 @@ impl Dispatcher {
                             route.trackers.remove(&tp.partition);
                         }
                     }
+                    for held in self.held.values_mut() {
+                        held.remove(tp);
+                    }
                 }
                 drop(commits);
                 let _ = done.send(());
             }
-            ConsumerEvent::Messages(batch) => self.dispatch(batch).await,
+            ConsumerEvent::Messages(batch) => self.dispatch(batch),
             ConsumerEvent::Failed(e) => self.shared.fail(e),
         }
     }
 
-    async fn dispatch(&mut self, batch: Vec<RawMessage>) {
+    fn dispatch(&mut self, batch: Vec<RawMessage>) {
         // The deliveries per destination (topic, route, instance), in order. A
         // batch has few destinations: they are found by a short scan per run of
         // one partition, not by hashing every message.
@@ -438,7 +607,8 @@ impl Dispatcher {
             let mut run = Some(run);
             for (r, route) in routes.iter().enumerate() {
                 let Some(tracker) = route.trackers.get(&partition) else {
-                    tracing::warn!(topic = %topic, partition, "message for an unassigned partition; skipped");
+                    // Fetched before a revocation: the new owner reads it again.
+                    tracing::debug!(topic = %topic, partition, "message for an unassigned partition; skipped");
                     continue;
                 };
                 let messages = if r == last { run.take().unwrap_or_default() } else { run.clone().unwrap_or_default() };
@@ -460,16 +630,78 @@ impl Dispatcher {
         }
         for (topic, r, per_instance) in outgoing {
             for (instance, deliveries) in per_instance.into_iter().enumerate() {
-                if deliveries.is_empty() {
-                    continue;
-                }
-                let Some(route) = self.routes.get(&topic).and_then(|routes| routes.get(r)) else { continue };
-                let sender = route.senders[instance].clone();
-                if sender.send(deliveries).await.is_err() {
-                    let agent = self.agents.get(route.agent).map(|a| a.name.clone());
-                    tracing::debug!(agent = ?agent, "instance inbox closed; deliveries dropped (they stay uncommitted)");
+                if !deliveries.is_empty() {
+                    self.deliver((topic.clone(), r, instance), deliveries);
                 }
             }
+        }
+    }
+
+    /// Hands a batch to an instance, or parks it (and pauses its partitions)
+    /// when the instance's inbox is full.
+    fn deliver(&mut self, slot: Slot, deliveries: Vec<Delivery>) {
+        let Some(route) = self.routes.get_mut(&slot.0).and_then(|routes| routes.get_mut(slot.1)) else { return };
+        let parked = &mut route.parked[slot.2];
+        let deliveries = if parked.is_empty() {
+            match route.senders[slot.2].try_send(deliveries) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    let agent = self.agents.get(route.agent).map(|a| a.name.clone());
+                    tracing::debug!(agent = ?agent, "instance inbox closed; deliveries dropped (they stay uncommitted)");
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Full(deliveries)) => {
+                    let sender = route.senders[slot.2].clone();
+                    let key = slot.clone();
+                    self.waiting.push(Box::pin(async move { (key, sender.reserve_owned().await.ok()) }));
+                    deliveries
+                }
+            }
+        } else {
+            deliveries
+        };
+        let mut fresh: Vec<TopicPartition> = Vec::new();
+        let held = self.held.entry(slot.clone()).or_default();
+        for d in &deliveries {
+            if d.raw.topic != slot.0 || held.iter().all(|tp| tp.partition != d.raw.partition || tp.topic != d.raw.topic)
+            {
+                let tp = TopicPartition { topic: d.raw.topic.clone(), partition: d.raw.partition };
+                if held.insert(tp.clone()) {
+                    fresh.push(tp);
+                }
+            }
+        }
+        parked.push_back(deliveries);
+        if !fresh.is_empty() {
+            tracing::debug!(partitions = %list(&fresh), "an agent is behind: pausing");
+            self.shared.control.pause(&fresh);
+        }
+    }
+
+    /// An instance has room: hands it its oldest parked batch; once none is
+    /// left, resumes the partitions no other instance holds paused.
+    fn unpark(&mut self, (slot, permit): Permit) {
+        let Some(route) = self.routes.get_mut(&slot.0).and_then(|routes| routes.get_mut(slot.1)) else { return };
+        let parked = &mut route.parked[slot.2];
+        match permit {
+            Some(permit) => {
+                if let Some(batch) = parked.pop_front() {
+                    permit.send(batch);
+                }
+            }
+            None => parked.clear(),
+        }
+        if !parked.is_empty() {
+            let sender = route.senders[slot.2].clone();
+            self.waiting.push(Box::pin(async move { (slot, sender.reserve_owned().await.ok()) }));
+            return;
+        }
+        let Some(released) = self.held.remove(&slot) else { return };
+        let resume: Vec<TopicPartition> =
+            released.into_iter().filter(|tp| self.held.values().all(|h| !h.contains(tp))).collect();
+        if !resume.is_empty() {
+            tracing::debug!(partitions = %list(&resume), "agent caught up: resuming");
+            self.shared.control.resume(&resume);
         }
     }
 }

@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 use stream_core::prelude::*;
 use stream_core::testing::TestDriver;
 
-const WAIT: Duration = Duration::from_secs(10);
+mod common;
+use common::{Env, WAIT};
 
-#[tokio::test]
-async fn a_map_agent_relays_every_event_once_and_commits_to_the_end() {
-    let app = TestDriver::app("map");
+async fn a_map_agent_relays_every_event_once_and_commits_to_the_end(env: Env) {
+    let app = env.app("map");
     let input = app.topic::<String, Value>("in").partitions(4);
     let output = app.topic::<String, Value>("out").partitions(4);
     let out = output.clone();
@@ -44,13 +44,12 @@ async fn a_map_agent_relays_every_event_once_and_commits_to_the_end() {
         let p = *partitions.entry(e.key().unwrap().clone()).or_insert(e.partition());
         assert_eq!(p, e.partition());
     }
-    driver.wait_until(WAIT, |d| d.caught_up("in")).await.expect("committed offsets reach the end offsets");
+    driver.wait_until(WAIT, async |d| d.caught_up("in").await).await.expect("committed offsets reach the end offsets");
     driver.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn concurrency_never_reorders_events_of_one_key() {
-    let app = TestDriver::app("conc");
+async fn concurrency_never_reorders_events_of_one_key(env: Env) {
+    let app = env.app("conc");
     let input = app.topic::<String, u64>("in").partitions(2);
     let seen: Arc<Mutex<HashMap<String, Vec<u64>>>> = Arc::default();
     let running = Arc::new(AtomicUsize::new(0));
@@ -75,7 +74,10 @@ async fn concurrency_never_reorders_events_of_one_key() {
     for i in 0..400u64 {
         driver.send(&input, Some(&format!("key-{}", i % 10)), &i).await.unwrap();
     }
-    driver.wait_until(WAIT, |_| seen.lock().unwrap().values().map(Vec::len).sum::<usize>() == 400).await.unwrap();
+    driver
+        .wait_until(WAIT, async |_| Ok(seen.lock().unwrap().values().map(Vec::len).sum::<usize>() == 400))
+        .await
+        .unwrap();
     for (key, values) in seen.lock().unwrap().iter() {
         let mut sorted = values.clone();
         sorted.sort_unstable();
@@ -110,7 +112,7 @@ async fn take_batches_by_count_or_time_whichever_first() {
     for i in 0..12 {
         driver.send(&input, None, &i).await.unwrap();
     }
-    driver.wait_until(WAIT, |_| batches.lock().unwrap().len() == 3).await.unwrap();
+    driver.wait_until(WAIT, async |_| Ok(batches.lock().unwrap().len() == 3)).await.unwrap();
     {
         let b = batches.lock().unwrap();
         assert_eq!(b[0].0, vec![0, 1, 2, 3, 4]);
@@ -121,13 +123,12 @@ async fn take_batches_by_count_or_time_whichever_first() {
         assert!(waited >= Duration::from_secs(2) && waited < Duration::from_millis(2500), "waited {waited:?}");
     }
     // All twelve are committed only after their batches were handled.
-    driver.wait_until(WAIT, |d| d.committed("in", 0) == Some(12)).await.unwrap();
+    driver.wait_until(WAIT, async |d| Ok(d.committed("in", 0).await? == Some(12))).await.unwrap();
     driver.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn group_by_repartitions_by_the_new_key() {
-    let app = TestDriver::app("groupby");
+async fn group_by_repartitions_by_the_new_key(env: Env) {
+    let app = env.app("groupby");
     let lines = app.topic::<(), String>("lines").partitions(3);
     let by_word = app.topic::<String, String>("lines-by-word").partitions(4);
     let seen: Arc<Mutex<Vec<(String, String, i32)>>> = Arc::default();
@@ -138,7 +139,7 @@ async fn group_by_repartitions_by_the_new_key() {
         async move {
             let mut words = lines.group_by(|e| e.value().split('-').next().unwrap_or("").to_owned(), &stage);
             while let Some(word) = words.next().await {
-                assert_eq!(word.topic(), "lines-by-word");
+                assert_eq!(word.topic(), stage.name());
                 seen.lock().unwrap().push((word.key().unwrap().clone(), word.value().clone(), word.partition()));
             }
             Ok(())
@@ -148,7 +149,7 @@ async fn group_by_repartitions_by_the_new_key() {
     for i in 0..90 {
         driver.send(&lines, None, &format!("{}-{i}", ["apple", "pear", "fig"][i % 3])).await.unwrap();
     }
-    driver.wait_until(WAIT, |_| seen.lock().unwrap().len() == 90).await.unwrap();
+    driver.wait_until(WAIT, async |_| Ok(seen.lock().unwrap().len() == 90)).await.unwrap();
     let mut partition_of: HashMap<String, i32> = HashMap::new();
     for (key, value, partition) in seen.lock().unwrap().iter() {
         assert!(value.starts_with(key.as_str()));
@@ -156,13 +157,15 @@ async fn group_by_repartitions_by_the_new_key() {
     }
     assert_eq!(partition_of.len(), 3);
     // Both the source and the repartition topic are committed to their ends.
-    driver.wait_until(WAIT, |d| d.caught_up("lines") && d.caught_up("lines-by-word")).await.unwrap();
+    driver
+        .wait_until(WAIT, async |d| Ok(d.caught_up("lines").await? && d.caught_up("lines-by-word").await?))
+        .await
+        .unwrap();
     driver.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn through_and_sink_forward_with_keys() {
-    let app = TestDriver::app("through");
+async fn through_and_sink_forward_with_keys(env: Env) {
+    let app = env.app("through");
     let input = app.topic::<String, u32>("in");
     let middle = app.topic::<String, u32>("middle").partitions(2);
     let output = app.topic::<String, u32>("out");
@@ -181,13 +184,12 @@ async fn through_and_sink_forward_with_keys() {
     let mut expected: Vec<(String, u32)> = (0..20).filter(|i| i % 2 == 0).map(|i| (format!("k{i}"), i)).collect();
     expected.sort();
     assert_eq!(values, expected);
-    assert_eq!(driver.messages("middle").len(), 20);
+    assert_eq!(driver.messages("middle").await.unwrap().len(), 20);
     driver.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn enumerate_and_std_stream_combinators_work() {
-    let app = TestDriver::app("enumerate");
+async fn enumerate_and_std_stream_combinators_work(env: Env) {
+    let app = env.app("enumerate");
     let input = app.topic::<(), String>("in");
     let seen: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
     let s2 = seen.clone();
@@ -205,17 +207,15 @@ async fn enumerate_and_std_stream_combinators_work() {
     for word in ["a", "b", "c"] {
         driver.send(&input, None, &word.to_owned()).await.unwrap();
     }
-    driver.wait_until(WAIT, |_| seen.lock().unwrap().len() == 3).await.unwrap();
+    driver.wait_until(WAIT, async |_| Ok(seen.lock().unwrap().len() == 3)).await.unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![(0, "a".into()), (1, "b".into()), (2, "c".into())]);
     driver.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn shutdown_finishes_in_flight_events_and_a_restart_resumes_without_duplicates() {
-    let app = TestDriver::app("shutdown");
-    let broker = app.config().broker.clone();
-    let build = |broker: &str| {
-        let app = App::builder("shutdown").broker(broker).commit_interval(Duration::from_secs(3600)).build().unwrap();
+async fn shutdown_finishes_in_flight_events_and_a_restart_resumes_without_duplicates(env: Env) {
+    let first = env.app("shutdown");
+    let build = || {
+        let app = Env::same_as(&first).commit_interval(Duration::from_secs(3600)).build().unwrap();
         let input = app.topic::<(), u32>("in").partitions(2);
         let output = app.topic::<(), u32>("out");
         let out = output.clone();
@@ -231,28 +231,25 @@ async fn shutdown_finishes_in_flight_events_and_a_restart_resumes_without_duplic
         });
         (app, input, output)
     };
-    drop(app);
-    let (app, input, _) = build(&broker);
-    let driver = TestDriver::start(&app).await.unwrap();
+    let (app, input, _) = build();
+    let mut driver = TestDriver::start(&app).await.unwrap();
     for i in 0..200 {
         driver.send(&input, None, &i).await.unwrap();
     }
     // Stop while events are in flight: what was handed to the agent is finished and committed.
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let broker_handle = driver.broker().clone();
-    driver.stop().await.unwrap();
-    let out_after_stop = broker_handle.read("out", 0, 0, usize::MAX).len();
-    let committed: i64 = (0..2)
-        .map(|p| {
-            broker_handle
-                .committed("shutdown", &stream_core::transport::TopicPartition { topic: "in".into(), partition: p })
-                .unwrap_or(0)
-        })
-        .sum();
+    driver.stop_worker().await.unwrap();
+    let out_after_stop = driver.messages("out").await.unwrap().len();
+    let mut committed = 0;
+    for p in 0..2 {
+        committed += driver.committed("in", p).await.unwrap().unwrap_or(0);
+    }
     assert_eq!(committed as usize, out_after_stop, "every committed input has its output, and only those");
+    drop(driver);
+    drop(app);
 
     // A new worker of the same app continues where the first one committed.
-    let (app, _input, output) = build(&broker);
+    let (app, _input, output) = build();
     let driver = TestDriver::start(&app).await.unwrap();
     let all = driver.read(&output, 200, WAIT).await.unwrap();
     let mut values: Vec<u32> = all.iter().map(|e| *e.value()).collect();
@@ -292,27 +289,32 @@ async fn timers_and_crontabs_run_with_the_worker() {
     assert_eq!(ticks.load(Ordering::SeqCst), after, "timers stop with the worker");
 }
 
-#[tokio::test]
-async fn duplicate_agent_names_and_conflicting_topics_are_reported() {
-    let app = TestDriver::app("dups");
+async fn duplicate_agent_names_and_conflicting_topics_are_reported(env: Env) {
+    let app = env.app("dups");
     let input = app.topic::<(), u32>("in");
     app.agent("a", &input, |_events| async { Ok(()) });
     app.agent("a", &input, |_events| async { Ok(()) });
     let err = app.start().await.unwrap_err();
     assert!(err.to_string().contains("two agents are named \"a\""), "{err}");
 
-    let app = TestDriver::app("conflict");
-    app.memory_broker()
-        .unwrap()
-        .create_topic(&stream_core::transport::TopicSpec {
-            name: "in".into(),
-            partitions: 2,
-            replication: 1,
-            config: Default::default(),
-        })
-        .unwrap();
+    // A topic that exists with another partition count is reported, not used.
+    let first = env.app("conflict");
+    first.topic::<(), u32>("in").partitions(2);
+    first.start().await.unwrap().stop().await.unwrap();
+    let app = Env::same_as(&first).build().unwrap();
     let input = app.topic::<(), u32>("in").partitions(4);
     app.agent("a", &input, |_events| async { Ok(()) });
     let err = app.start().await.unwrap_err();
-    assert_eq!(err.to_string(), "topic in: exists with 2 partitions, declared with 4");
+    let name = app.config().topic_name("in");
+    assert_eq!(err.to_string(), format!("topic {name}: exists with 2 partitions, declared with 4"));
 }
+
+on_every_transport!(
+    a_map_agent_relays_every_event_once_and_commits_to_the_end,
+    concurrency_never_reorders_events_of_one_key,
+    group_by_repartitions_by_the_new_key,
+    through_and_sink_forward_with_keys,
+    enumerate_and_std_stream_combinators_work,
+    shutdown_finishes_in_flight_events_and_a_restart_resumes_without_duplicates,
+    duplicate_agent_names_and_conflicting_topics_are_reported,
+);

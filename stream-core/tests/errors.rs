@@ -11,7 +11,8 @@ use stream_core::prelude::*;
 use stream_core::testing::TestDriver;
 use stream_core::{Error, ValidationError};
 
-const WAIT: Duration = Duration::from_secs(10);
+mod common;
+use common::{Env, WAIT};
 
 /// A hand-validated payload (the derive is tested in stream-macros).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -32,9 +33,8 @@ impl Payload for Reading {
     }
 }
 
-#[tokio::test]
-async fn undecodable_and_invalid_input_goes_to_the_dlq_with_reasons_and_good_input_flows_on() {
-    let app = TestDriver::app("dlq");
+async fn undecodable_and_invalid_input_goes_to_the_dlq_with_reasons_and_good_input_flows_on(env: Env) {
+    let app = env.app("dlq");
     let input = app.topic::<String, Reading>("readings").partitions(2);
     let output = app.topic::<String, Reading>("ok");
     let out = output.clone();
@@ -65,9 +65,10 @@ async fn undecodable_and_invalid_input_goes_to_the_dlq_with_reasons_and_good_inp
     let find = |value: &[u8]| letters.iter().find(|l| l.value.as_deref() == Some(value)).unwrap();
     let not_json = find(b"not json at all");
     assert_eq!(not_json.kind, "decode");
-    assert!(not_json.error.starts_with("cannot decode the value of readings["), "{}", not_json.error);
+    let readings = driver.topic_name("readings");
+    assert!(not_json.error.starts_with(&format!("cannot decode the value of {readings}[")), "{}", not_json.error);
     assert!(not_json.error.contains("json codec: expected ident"), "{}", not_json.error);
-    assert_eq!(not_json.source_topic, "readings");
+    assert_eq!(not_json.source_topic, readings);
     assert_eq!(not_json.agent, "check");
     let hot = find(br#"{"sensor": 2, "celsius": 500.0}"#);
     assert_eq!(hot.kind, "validation");
@@ -77,20 +78,20 @@ async fn undecodable_and_invalid_input_goes_to_the_dlq_with_reasons_and_good_inp
     let bad_key = find(br#"{"sensor": 3, "celsius": 1.0}"#);
     assert!(bad_key.error.contains("cannot decode the key"), "{}", bad_key.error);
     // The headers name the exact origin.
+    let originals = driver.messages("readings").await.unwrap();
     for l in &letters {
-        let origin = driver.broker().read("readings", l.source_partition, l.source_offset, 1);
-        assert_eq!(origin[0].value, l.value);
+        let origin = originals.iter().find(|m| m.partition == l.source_partition && m.offset == l.source_offset);
+        assert_eq!(origin.unwrap().value, l.value);
     }
     let stats = driver.worker().unwrap().agent_stats("check").unwrap();
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 4);
     // Nothing is left uncommitted: bad messages are done once dead-lettered.
-    driver.wait_until(WAIT, |d| d.caught_up("readings")).await.unwrap();
+    driver.wait_until(WAIT, async |d| d.caught_up("readings").await).await.unwrap();
     driver.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_failing_handler_is_retried_with_backoff_and_then_succeeds() {
-    let app = TestDriver::app("retry");
+async fn a_failing_handler_is_retried_with_backoff_and_then_succeeds(env: Env) {
+    let app = env.app("retry");
     let input = app.topic::<(), u32>("in");
     let attempts = Arc::new(AtomicUsize::new(0));
     let handled: Arc<Mutex<Vec<u32>>> = Arc::default();
@@ -112,19 +113,18 @@ async fn a_failing_handler_is_retried_with_backoff_and_then_succeeds() {
     for i in 0..6 {
         driver.send(&input, None, &i).await.unwrap();
     }
-    driver.wait_until(WAIT, |_| handled.lock().unwrap().len() == 6).await.unwrap();
+    driver.wait_until(WAIT, async |_| Ok(handled.lock().unwrap().len() == 6)).await.unwrap();
     assert_eq!(*handled.lock().unwrap(), vec![0, 1, 2, 3, 4, 5], "the failed event is handled again, in order");
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
     let stats = driver.worker().unwrap().agent_stats("flaky").unwrap();
     assert_eq!(stats.failed.load(Ordering::Relaxed), 2);
     assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 0);
-    assert!(driver.messages("in.dlq").is_empty());
+    assert!(driver.messages("in.dlq").await.unwrap().is_empty());
     driver.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_handler_failing_beyond_its_retries_dead_letters_the_event_and_goes_on() {
-    let app = TestDriver::app("poison");
+async fn a_handler_failing_beyond_its_retries_dead_letters_the_event_and_goes_on(env: Env) {
+    let app = env.app("poison");
     let input = app.topic::<(), u32>("in");
     let handled: Arc<Mutex<Vec<u32>>> = Arc::default();
     let h = handled.clone();
@@ -149,15 +149,14 @@ async fn a_handler_failing_beyond_its_retries_dead_letters_the_event_and_goes_on
     assert_eq!(letters[0].value.as_deref(), Some(&b"13"[..]));
     assert_eq!(letters[0].kind, "handler");
     assert_eq!(letters[0].error, "handler panicked: unlucky number");
-    driver.wait_until(WAIT, |_| handled.lock().unwrap().len() == 5).await.unwrap();
+    driver.wait_until(WAIT, async |_| Ok(handled.lock().unwrap().len() == 5)).await.unwrap();
     assert_eq!(*handled.lock().unwrap(), vec![10, 11, 12, 14, 15]);
-    driver.wait_until(WAIT, |d| d.committed("in", 0) == Some(6)).await.unwrap();
+    driver.wait_until(WAIT, async |d| Ok(d.committed("in", 0).await? == Some(6))).await.unwrap();
     driver.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_failed_batch_is_retried_whole() {
-    let app = TestDriver::app("batch-retry");
+async fn a_failed_batch_is_retried_whole(env: Env) {
+    let app = env.app("batch-retry");
     let input = app.topic::<(), u32>("in");
     let batches: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
     let failed_once = Arc::new(AtomicUsize::new(0));
@@ -181,15 +180,14 @@ async fn a_failed_batch_is_retried_whole() {
     for i in 0..8 {
         driver.send(&input, None, &i).await.unwrap();
     }
-    driver.wait_until(WAIT, |d| d.committed("in", 0) == Some(8)).await.unwrap();
+    driver.wait_until(WAIT, async |d| Ok(d.committed("in", 0).await? == Some(8))).await.unwrap();
     let b = batches.lock().unwrap().clone();
     assert_eq!(b, vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![4, 5, 6, 7]], "the whole failed batch came back");
     driver.stop().await.unwrap();
 }
 
-#[tokio::test]
-async fn the_stop_policy_stops_the_worker_without_committing_past_the_failure() {
-    let app = TestDriver::app("stop");
+async fn the_stop_policy_stops_the_worker_without_committing_past_the_failure(env: Env) {
+    let app = env.app("stop");
     let input = app.topic::<(), u32>("in");
     app.agent("strict", &input, move |mut events| async move {
         while let Some(e) = events.next().await {
@@ -205,17 +203,24 @@ async fn the_stop_policy_stops_the_worker_without_committing_past_the_failure() 
         driver.send(&input, None, &i).await.unwrap();
     }
     driver
-        .wait_until(WAIT, |d| d.worker().is_some_and(|w| w.is_stopping()))
+        .wait_until(WAIT, async |d| Ok(d.worker().is_some_and(|w| w.is_stopping())))
         .await
         .expect("the worker stops on its own");
-    let broker = driver.broker().clone();
-    match driver.stop().await {
+    let mut driver = driver;
+    match driver.stop_worker().await {
         Err(Error::AgentStopped { agent, source }) => {
             assert_eq!(agent, "strict");
             assert_eq!(source.to_string(), "cannot continue");
         }
         other => panic!("expected AgentStopped, got {other:?}"),
     }
-    let tp = stream_core::transport::TopicPartition { topic: "in".into(), partition: 0 };
-    assert_eq!(broker.committed("stop", &tp), Some(2), "nothing past the failed event is committed");
+    assert_eq!(driver.committed("in", 0).await.unwrap(), Some(2), "nothing past the failed event is committed");
 }
+
+on_every_transport!(
+    undecodable_and_invalid_input_goes_to_the_dlq_with_reasons_and_good_input_flows_on,
+    a_failing_handler_is_retried_with_backoff_and_then_succeeds,
+    a_handler_failing_beyond_its_retries_dead_letters_the_event_and_goes_on,
+    a_failed_batch_is_retried_whole,
+    the_stop_policy_stops_the_worker_without_committing_past_the_failure,
+);

@@ -27,8 +27,8 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
-    ConsumerControl, ConsumerEvent, ConsumerHandle, Headers, OutMessage, Producer, RawMessage, TopicPartition,
-    TopicSpec, Transport, TrySendError, partition_for_key,
+    ConsumerControl, ConsumerEvent, ConsumerHandle, Headers, OutMessage, Producer, RawMessage, ReadBatch,
+    TopicPartition, TopicSpec, Transport, TrySendError, partition_for_key,
 };
 use crate::error::{Error, Result};
 use crate::tracking::{SendTracker, lock};
@@ -420,6 +420,15 @@ impl Transport for MemoryTransport {
         Ok(self.broker.committed(group, tp))
     }
 
+    async fn read(&self, tp: &TopicPartition, from: i64, max: usize) -> Result<ReadBatch> {
+        let messages = self.broker.read(&tp.topic, tp.partition, from, max);
+        let next = match messages.last() {
+            Some(last) if messages.len() >= max => last.offset + 1,
+            _ => self.broker.end_offset(&tp.topic, tp.partition).unwrap_or(from).max(from),
+        };
+        Ok(ReadBatch { messages, next })
+    }
+
     fn memory_broker(&self) -> Option<MemoryBroker> {
         Some(self.broker.clone())
     }
@@ -456,6 +465,10 @@ impl ConsumerControl for MemoryConsumer {
         *lock(&self.subscription) = topics.to_vec();
         self.broker.inner.data.notify_waiters();
         Ok(())
+    }
+
+    fn end_offset(&self, tp: &TopicPartition) -> Option<i64> {
+        self.broker.end_offset(&tp.topic, tp.partition)
     }
 
     fn close(&self) {
@@ -558,6 +571,12 @@ async fn run_consumer(control: Arc<MemoryConsumer>, tx: mpsc::Sender<ConsumerEve
         let _ = tokio::time::timeout(Duration::from_millis(250), notified).await;
         broker.inner.waiters.fetch_sub(1, Ordering::AcqRel);
     }
+    // Leave the group before the event channel closes: whoever waits for the
+    // close may start the next member at once.
+    if let Some(g) = lock(&broker.inner.groups).get_mut(&control.group) {
+        g.member = false;
+    }
+    drop(tx);
 }
 
 #[cfg(test)]

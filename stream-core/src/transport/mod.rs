@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::tracking::SendTracker;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 
 /// Message headers: names and raw values, in order.
@@ -125,7 +127,9 @@ pub enum ConsumerEvent {
 
 /// Steering a running consumer.
 pub trait ConsumerControl: Send + Sync + 'static {
-    /// Commits positions: for each partition, the offset of the next message to read.
+    /// Commits positions (for each partition, the offset of the next message
+    /// to read) and returns once the broker confirmed them. It may block for a
+    /// round trip: call it from a blocking context.
     fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<()>;
     /// Stops fetching from these partitions.
     fn pause(&self, partitions: &[TopicPartition]);
@@ -133,8 +137,21 @@ pub trait ConsumerControl: Send + Sync + 'static {
     fn resume(&self, partitions: &[TopicPartition]);
     /// Replaces the subscription.
     fn subscribe(&self, topics: &[String]) -> Result<()>;
-    /// Stops the consumer and leaves the group; the event channel closes.
+    /// The last known end offset of an assigned partition (for lag), if known.
+    fn end_offset(&self, tp: &TopicPartition) -> Option<i64>;
+    /// Stops the consumer and leaves the group. The event channel closes once
+    /// it has left; commits are no longer possible.
     fn close(&self);
+}
+
+/// Messages read directly from a partition, outside any consumer group.
+#[derive(Debug, Default)]
+pub struct ReadBatch {
+    /// The messages, in offset order.
+    pub messages: Vec<RawMessage>,
+    /// The offset to read next: the end of the partition when fewer than the
+    /// requested messages came back.
+    pub next: i64,
 }
 
 /// A running consumer: its events and its controls.
@@ -167,6 +184,10 @@ pub trait Transport: Send + Sync + 'static {
     /// The committed position of a group on a partition, if any.
     async fn committed(&self, group: &str, tp: &TopicPartition) -> Result<Option<i64>>;
 
+    /// Reads up to `max` messages of a partition from offset `from`, without
+    /// waiting for more than what the partition holds now. For tools and tests.
+    async fn read(&self, tp: &TopicPartition, from: i64, max: usize) -> Result<ReadBatch>;
+
     /// The in-process broker, for `memory://`.
     fn memory_broker(&self) -> Option<memory::MemoryBroker> {
         None
@@ -175,14 +196,19 @@ pub trait Transport: Send + Sync + 'static {
 
 /// Opens the transport named by a broker URL.
 pub fn connect(url: &str, config: &crate::AppConfig, sends: Arc<SendTracker>) -> Result<Arc<dyn Transport>> {
-    let _ = config;
     if let Some(name) = url.strip_prefix("memory://") {
         return Ok(Arc::new(memory::MemoryTransport::new(memory::MemoryBroker::named(name), sends)));
     }
-    if url.starts_with("kafka://") {
-        return Err(Error::Config(format!(
-            "broker {url}: this build has no Kafka transport (enable the `kafka` feature of stream-core)"
-        )));
+    if let Some(servers) = url.strip_prefix("kafka://") {
+        #[cfg(feature = "kafka")]
+        return Ok(Arc::new(kafka::KafkaTransport::new(servers, config, sends)?));
+        #[cfg(not(feature = "kafka"))]
+        {
+            let _ = (servers, config);
+            return Err(Error::Config(format!(
+                "broker {url}: this build has no Kafka transport (enable the `kafka` feature of stream-core)"
+            )));
+        }
     }
     Err(Error::Config(format!("broker {url:?}: expected memory:// or kafka://host:port")))
 }

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The services the tests talk to, on 127.0.0.1 only:
+#   - a Kafka-protocol broker (Tansu) on 127.0.0.1:9092, installed with cargo
+#     when missing and started unless something already answers there;
+#   - PostgreSQL on 127.0.0.1:5432 and Mosquitto on 127.0.0.1:1883, started when
+#     installed but stopped.
+# Anything that cannot be provided is a loud failure, never a skipped test.
+#
+# Usage: scripts/test-env.sh up      start what is missing; prints the pid of a
+#                                    broker it started to target/test-env/tansu.pid
+#        scripts/test-env.sh down    stops the broker this script started
+# scripts/test.sh calls `up` before the tests and `down` after them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KAFKA_PORT=9092
+STATE=target/test-env
+TANSU_VERSION=0.6.0
+
+say() { printf '[test-env] %s\n' "$*"; }
+fail() { printf '[test-env] FAILED: %s\n' "$*" >&2; exit 1; }
+
+# Whether something accepts TCP connections on 127.0.0.1:$1.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for_port() { # port, seconds, what
+    local deadline=$((SECONDS + $2))
+    until listening "$1"; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
+}
+
+tansu_bin() {
+    if command -v tansu >/dev/null 2>&1; then command -v tansu
+    elif [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then echo "${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+    else return 1
+    fi
+}
+
+kafka_up() {
+    mkdir -p "$STATE"
+    if listening "$KAFKA_PORT"; then
+        say "a broker already answers on 127.0.0.1:$KAFKA_PORT; using it"
+        return
+    fi
+    local tansu
+    if ! tansu=$(tansu_bin); then
+        say "installing Tansu $TANSU_VERSION (cargo install, about 10-30 minutes, once)"
+        cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
+            || fail "cargo install tansu failed"
+        tansu=$(tansu_bin) || fail "tansu is not on PATH after installing it"
+    fi
+    say "starting $tansu on 127.0.0.1:$KAFKA_PORT (memory storage; log: $STATE/tansu.log)"
+    nohup "$tansu" broker \
+        --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --storage-engine memory://tansu/ >"$STATE/tansu.log" 2>&1 &
+    echo $! >"$STATE/tansu.pid"
+    wait_for_port "$KAFKA_PORT" 60 || { tail -20 "$STATE/tansu.log" >&2; fail "Tansu did not listen on :$KAFKA_PORT within 60 s"; }
+    say "broker ready (pid $(cat "$STATE/tansu.pid"))"
+}
+
+postgres_up() {
+    if listening 5432; then return; fi
+    if [ -d /etc/postgresql ] && command -v pg_ctlcluster >/dev/null; then
+        say "starting PostgreSQL"
+        pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start \
+            || fail "PostgreSQL is installed but did not start"
+        wait_for_port 5432 30 || fail "PostgreSQL did not listen on 127.0.0.1:5432"
+    else
+        fail "PostgreSQL is not installed and nothing listens on 127.0.0.1:5432"
+    fi
+}
+
+mosquitto_up() {
+    if listening 1883; then return; fi
+    if command -v mosquitto >/dev/null; then
+        say "starting Mosquitto"
+        mosquitto -d -c /etc/mosquitto/mosquitto.conf || fail "Mosquitto is installed but did not start"
+        wait_for_port 1883 30 || fail "Mosquitto did not listen on 127.0.0.1:1883"
+    else
+        fail "Mosquitto is not installed and nothing listens on 127.0.0.1:1883"
+    fi
+}
+
+case "${1:-up}" in
+    up)
+        kafka_up
+        postgres_up
+        mosquitto_up
+        ;;
+    down)
+        if [ -f "$STATE/tansu.pid" ]; then
+            pid=$(cat "$STATE/tansu.pid")
+            if kill "$pid" 2>/dev/null; then say "stopped the broker (pid $pid)"; fi
+            rm -f "$STATE/tansu.pid"
+        fi
+        ;;
+    *) fail "usage: $0 up|down" ;;
+esac

@@ -1,0 +1,243 @@
+//! Prometheus metrics: one registry per app, served as text by the worker's
+//! HTTP endpoint (`/metrics`) and by [`Metrics::encode`].
+//!
+//! Counters that sit on the hot path (events received and processed per agent,
+//! sends acknowledged) are plain atomics owned by the parts that count them;
+//! a collector reads them at scrape time, so counting costs nothing more than
+//! the increment. Rarer events (commits, rebalances) are `prometheus-client`
+//! metrics updated where they happen. Services register their own metrics on
+//! the same registry with [`Metrics::register`].
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Metric, Registry};
+
+use crate::agent::AgentStats;
+use crate::tracking::{SendTracker, lock};
+
+/// Labels naming a rebalance kind (`assigned` or `revoked`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    pub(crate) kind: &'static str,
+}
+
+/// Labels naming an agent.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AgentLabel {
+    pub(crate) agent: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentTopicLabels {
+    agent: String,
+    topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: i32,
+}
+
+/// Where the collector finds the live values of a running worker.
+pub(crate) trait WorkerProbe: Send + Sync + 'static {
+    /// Each agent: name, source topic, counters.
+    fn agents(&self) -> Vec<(String, String, Arc<AgentStats>)>;
+    /// Each assigned partition: topic, partition, lag (end offset minus committed position), if known.
+    fn lag(&self) -> Vec<(String, i32, Option<i64>)>;
+    /// Whether the worker had its first assignment.
+    fn ready(&self) -> bool;
+}
+
+/// The metrics of an app.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Mutex<Registry>,
+    probe: Arc<Mutex<Option<Arc<dyn WorkerProbe>>>>,
+    pub(crate) commits: Counter,
+    pub(crate) commit_failures: Counter,
+    pub(crate) commit_seconds: Histogram,
+    pub(crate) rebalances: Family<KindLabel, Counter>,
+    pub(crate) processing_seconds: Family<AgentLabel, Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Buckets for durations from 50 µs to about 26 s.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.000_05, 2.0, 20)
+}
+
+impl Metrics {
+    pub(crate) fn new(sends: Arc<SendTracker>) -> Metrics {
+        let mut registry = Registry::with_prefix("strom");
+        let commits = Counter::default();
+        let commit_failures = Counter::default();
+        let commit_seconds = Histogram::new(latency_buckets());
+        let rebalances = Family::<KindLabel, Counter>::default();
+        let processing_seconds =
+            Family::<AgentLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()) as Histogram);
+        registry.register("commits", "Offset commits that succeeded", commits.clone());
+        registry.register("commit_failures", "Offset commits the broker refused", commit_failures.clone());
+        registry.register("commit_latency_seconds", "Time an offset commit took", commit_seconds.clone());
+        registry.register("rebalances", "Partition assignments and revocations", rebalances.clone());
+        registry.register(
+            "processing_latency_seconds",
+            "Time from an event reaching its agent to the handler being done with it",
+            processing_seconds.clone(),
+        );
+        let probe: Arc<Mutex<Option<Arc<dyn WorkerProbe>>>> = Arc::default();
+        registry.register_collector(Box::new(WorkerCollector { probe: probe.clone(), sends }));
+        Metrics {
+            inner: Arc::new(Inner {
+                registry: Mutex::new(registry),
+                probe,
+                commits,
+                commit_failures,
+                commit_seconds,
+                rebalances,
+                processing_seconds,
+            }),
+        }
+    }
+
+    /// Registers a service's own metric (its name gets the `strom_` prefix).
+    ///
+    /// ```
+    /// use prometheus_client::metrics::counter::Counter;
+    /// let app = stream_core::App::builder("svc").broker("memory://").build()?;
+    /// let loaded = Counter::<u64>::default();
+    /// app.metrics().register("rows_loaded", "Rows written to the database", loaded.clone());
+    /// loaded.inc();
+    /// assert!(app.metrics().encode().contains("strom_rows_loaded_total 1"));
+    /// # Ok::<(), stream_core::Error>(())
+    /// ```
+    pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
+        lock(&self.inner.registry).register(name, help, metric);
+    }
+
+    /// Everything in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = lock(&self.inner.registry);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    pub(crate) fn attach(&self, probe: Arc<dyn WorkerProbe>) {
+        *lock(&self.inner.probe) = Some(probe);
+    }
+
+    pub(crate) fn detach(&self) {
+        *lock(&self.inner.probe) = None;
+    }
+
+    pub(crate) fn commit_done(&self, took: Duration, ok: bool) {
+        if ok {
+            self.inner.commits.inc();
+            self.inner.commit_seconds.observe(took.as_secs_f64());
+        } else {
+            self.inner.commit_failures.inc();
+        }
+    }
+
+    pub(crate) fn rebalance(&self, kind: &'static str) {
+        self.inner.rebalances.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The processing-latency histogram of an agent.
+    pub(crate) fn processing(&self, agent: &str) -> Histogram {
+        self.inner.processing_seconds.get_or_create(&AgentLabel { agent: agent.to_owned() }).clone()
+    }
+}
+
+/// Reads a running worker's counters at scrape time.
+struct WorkerCollector {
+    probe: Arc<Mutex<Option<Arc<dyn WorkerProbe>>>>,
+    sends: Arc<SendTracker>,
+}
+
+impl std::fmt::Debug for WorkerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCollector").finish_non_exhaustive()
+    }
+}
+
+fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+impl Collector for WorkerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let acked = self.sends.acked_below();
+        counter(&mut encoder, "messages_produced", "Messages produced and acknowledged by the broker", acked)?;
+        let in_flight = ConstGauge::new(self.sends.issued().saturating_sub(acked) as i64);
+        in_flight.encode(encoder.encode_descriptor(
+            "messages_in_flight",
+            "Messages produced and not yet acknowledged",
+            None,
+            in_flight.metric_type(),
+        )?)?;
+        let probe = lock(&self.probe).clone();
+        let Some(probe) = probe else { return Ok(()) };
+        let ready = ConstGauge::new(i64::from(probe.ready()));
+        ready.encode(encoder.encode_descriptor(
+            "ready",
+            "1 once the worker had its first assignment",
+            None,
+            ready.metric_type(),
+        )?)?;
+
+        let agents = probe.agents();
+        type Field = fn(&AgentStats) -> &std::sync::atomic::AtomicU64;
+        let families: [(&str, &str, Field); 5] = [
+            ("events_received", "Events read by an agent", |s| &s.received),
+            ("events_processed", "Events an agent's handler finished", |s| &s.processed),
+            ("events_failed", "Handler errors and panics", |s| &s.failed),
+            ("events_retried", "Retries of failed events", |s| &s.retried),
+            ("dead_letters", "Messages sent to a dead-letter topic", |s| &s.dead_lettered),
+        ];
+        for (name, help, field) in families {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for (agent, topic, stats) in &agents {
+                let labels = AgentTopicLabels { agent: agent.clone(), topic: topic.clone() };
+                let c = ConstCounter::new(field(stats).load(Ordering::Relaxed));
+                c.encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut lag = encoder.encode_descriptor(
+            "consumer_lag",
+            "Messages between the committed position and the end of an assigned partition",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (topic, partition, value) in probe.lag() {
+            if let Some(value) = value {
+                let g = ConstGauge::new(value.max(0));
+                g.encode(lag.encode_family(&PartitionLabels { topic, partition })?)?;
+            }
+        }
+        Ok(())
+    }
+}
