@@ -51,11 +51,16 @@ kafka_up() {
             || fail "cargo install tansu failed"
         tansu=$(tansu_bin) || fail "tansu is not on PATH after installing it"
     fi
-    say "starting $tansu on 127.0.0.1:$KAFKA_PORT (memory storage; log: $STATE/tansu.log)"
-    nohup "$tansu" broker \
+    # SQLite storage, not memory://: Tansu 0.6.0's memory engine returns nothing
+    # for a fetch that starts inside a record batch (as a restart from a
+    # committed offset, or librdkafka resuming a paused partition, does), so a
+    # consumer stalls there; the SQLite engine answers such fetches correctly.
+    say "starting $tansu on 127.0.0.1:$KAFKA_PORT (SQLite storage in $STATE; log: $STATE/tansu.log)"
+    rm -f "$STATE"/tansu.db*
+    (cd "$STATE" && exec nohup "$tansu" broker \
         --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
         --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --storage-engine memory://tansu/ >"$STATE/tansu.log" 2>&1 &
+        --storage-engine sqlite://tansu.db >tansu.log 2>&1) &
     echo $! >"$STATE/tansu.pid"
     wait_for_port "$KAFKA_PORT" 60 || { tail -20 "$STATE/tansu.log" >&2; fail "Tansu did not listen on :$KAFKA_PORT within 60 s"; }
     say "broker ready (pid $(cat "$STATE/tansu.pid"))"

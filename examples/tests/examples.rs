@@ -86,6 +86,7 @@ fn run(bin: &str, args: &[&str], env: &[(&str, &str)], stop_after: Option<Durati
     let mut cmd = Command::new(bin);
     cmd.args(args)
         .env("STROM_BROKER", "memory://")
+        .env("STROM_WEB_PORT", "0")
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -143,6 +143,12 @@ impl AppBuilder {
         self
     }
 
+    /// Sets a librdkafka property (as `STROM_KAFKA_<PROPERTY>` does).
+    pub fn kafka(mut self, property: &str, value: impl Into<String>) -> Self {
+        self.config.kafka.insert(property.to_owned(), value.into());
+        self
+    }
+
     /// Serves no HTTP endpoint.
     pub fn without_web(mut self) -> Self {
         self.config.web_port = None;
@@ -371,6 +377,12 @@ impl App {
     /// The command line: `worker` (default), `send`, `agents`, `topics`.
     pub async fn main(&self) -> Result<()> {
         crate::cli::main(self, std::env::args_os()).await
+    }
+
+    /// Waits until every message sent so far was acknowledged by the broker
+    /// (or `timeout` passed).
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        self.core.producer.flush(timeout).await
     }
 
     /// The memory broker, when the app runs on `memory://`.

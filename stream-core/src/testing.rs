@@ -78,7 +78,8 @@ impl TestDriver {
     pub fn app_on(broker: &str, id: &str) -> App {
         let mut builder = App::builder(id).broker(broker).commit_interval(Duration::from_millis(50)).without_web();
         if !broker.starts_with("memory://") {
-            builder = builder.topic_prefix(format!("test-{}-", unique()));
+            // Tests await sends one by one: do not hold them for batching.
+            builder = builder.topic_prefix(format!("test-{}-", unique())).kafka("linger.ms", "0");
         }
         match builder.build() {
             Ok(app) => app,
@@ -98,6 +99,12 @@ impl TestDriver {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(driver)
+    }
+
+    /// A driver without a worker: to feed and watch an app that runs
+    /// elsewhere (another process on the same broker, same topic prefix).
+    pub fn observe(app: &App) -> TestDriver {
+        TestDriver { app: app.clone(), worker: None, cursors: Mutex::default() }
     }
 
     /// The app.

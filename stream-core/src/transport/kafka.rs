@@ -74,7 +74,7 @@ impl KafkaTransport {
             for (k, v) in &transport_props {
                 c.set(k, v);
             }
-            c.set_log_level(RDKafkaLogLevel::Warning);
+            c.set_log_level(log_level(&transport_props));
             c
         };
         let producer: ThreadedProducer<ProducerCtx> = base(&[
@@ -113,7 +113,7 @@ impl KafkaTransport {
         for (k, v) in &self.properties {
             c.set(k, v);
         }
-        c.set_log_level(RDKafkaLogLevel::Warning);
+        c.set_log_level(log_level(&self.properties));
         c
     }
 
@@ -137,6 +137,12 @@ impl KafkaTransport {
         })
         .await
     }
+}
+
+/// librdkafka's warnings and errors; everything when its `debug` property
+/// (`STROM_KAFKA_DEBUG`) asks for debug contexts.
+fn log_level(properties: &BTreeMap<String, String>) -> RDKafkaLogLevel {
+    if properties.contains_key("debug") { RDKafkaLogLevel::Debug } else { RDKafkaLogLevel::Warning }
 }
 
 /// Runs blocking librdkafka calls off the async threads.
@@ -220,7 +226,7 @@ impl Transport for KafkaTransport {
     fn consumer(&self, group: &str, topics: &[String]) -> Result<ConsumerHandle> {
         let (tx, rx) = mpsc::channel(8);
         let ctx = ConsumerCtx {
-            tx,
+            tx: Mutex::new(Some(tx)),
             batch: Mutex::new(Vec::with_capacity(BATCH)),
             closing: AtomicBool::new(false),
             revoke_timeout: self.revoke_timeout,
@@ -231,13 +237,13 @@ impl Transport for KafkaTransport {
             .create_with_context(ctx)
             .map_err(|e| Error::Config(format!("Kafka consumer: {e}")))?;
         let consumer = Arc::new(consumer);
-        let control = Arc::new(KafkaConsumer { consumer: consumer.clone() });
+        let control = Arc::new(KafkaConsumer { consumer: Arc::downgrade(&consumer), ctx: consumer.context().clone() });
         if !topics.is_empty() {
             control.subscribe(topics)?;
         }
         std::thread::Builder::new()
             .name(format!("strom-consumer-{group}"))
-            .spawn(move || poll_loop(&consumer))
+            .spawn(move || poll_loop(consumer))
             .map_err(|e| Error::Io { context: "starting the consumer thread".into(), source: e })?;
         Ok(ConsumerHandle { events: rx, control })
     }
@@ -369,7 +375,9 @@ impl Producer for KafkaProducer {
 // ---- consumer ----
 
 struct ConsumerCtx {
-    tx: mpsc::Sender<ConsumerEvent>,
+    /// To the worker; dropped when the consumer has left the group, which
+    /// closes the channel.
+    tx: Mutex<Option<mpsc::Sender<ConsumerEvent>>>,
     /// Messages polled and not yet handed over; flushed before a rebalance
     /// event so the worker sees them in order.
     batch: Mutex<Vec<RawMessage>>,
@@ -380,9 +388,16 @@ struct ConsumerCtx {
 }
 
 impl ConsumerCtx {
+    /// Hands an event to the worker, waiting while its channel is full.
+    /// Returns false when the worker is gone.
+    fn send(&self, event: ConsumerEvent) -> bool {
+        let tx = lock(&self.tx).clone();
+        tx.is_some_and(|tx| tx.blocking_send(event).is_ok())
+    }
+
     fn flush(&self) -> bool {
         let batch = std::mem::take(&mut *lock(&self.batch));
-        batch.is_empty() || self.tx.blocking_send(ConsumerEvent::Messages(batch)).is_ok()
+        batch.is_empty() || self.send(ConsumerEvent::Messages(batch))
     }
 }
 
@@ -411,7 +426,7 @@ impl ConsumerContext for ConsumerCtx {
                     return;
                 }
                 let (done, mut answer) = oneshot::channel();
-                if self.tx.blocking_send(ConsumerEvent::Revoked(tps(tpl), done)).is_err() {
+                if !self.send(ConsumerEvent::Revoked(tps(tpl), done)) {
                     return;
                 }
                 // The worker drains and commits; librdkafka lets the
@@ -435,7 +450,7 @@ impl ConsumerContext for ConsumerCtx {
             && !self.closing.load(Ordering::Acquire)
             && self.flush()
         {
-            let _ = self.tx.blocking_send(ConsumerEvent::Assigned(tps(tpl)));
+            self.send(ConsumerEvent::Assigned(tps(tpl)));
         }
     }
 }
@@ -470,14 +485,14 @@ fn raw_message(m: &BorrowedMessage<'_>, topics: &mut HashMap<String, Arc<str>>) 
 
 /// The consumer thread: polls (which also runs the rebalance callbacks),
 /// batches messages and hands them to the worker, until closed; then leaves
-/// the group.
-fn poll_loop(consumer: &BaseConsumer<ConsumerCtx>) {
+/// the group. It holds the only strong reference to the consumer, so the
+/// consumer is closed here, on the thread that polls it.
+fn poll_loop(consumer: Arc<BaseConsumer<ConsumerCtx>>) {
     let ctx = consumer.context().clone();
     let mut topics = HashMap::new();
     let mut attached = true;
     while !ctx.closing.load(Ordering::Acquire) {
-        let first = consumer.poll(Duration::from_millis(100));
-        let mut next = first;
+        let mut next = consumer.poll(Duration::from_millis(100));
         loop {
             match next {
                 None => break,
@@ -495,7 +510,7 @@ fn poll_loop(consumer: &BaseConsumer<ConsumerCtx>) {
                     if let KafkaError::MessageConsumption(code) = &e
                         && is_fatal(*code)
                     {
-                        let _ = ctx.tx.blocking_send(ConsumerEvent::Failed(kafka_err("consumer", &e)));
+                        ctx.send(ConsumerEvent::Failed(kafka_err("consumer", &e)));
                         attached = false;
                     }
                 }
@@ -511,15 +526,10 @@ fn poll_loop(consumer: &BaseConsumer<ConsumerCtx>) {
         }
     }
     lock(&ctx.batch).clear();
-    // Leave the group. The revoke callback sees `closing` and lets go at once.
-    if let Err(e) = consumer.close_queue() {
-        tracing::warn!(error = %e, "closing the consumer");
-        return;
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !consumer.closed() && Instant::now() < deadline {
-        let _ = consumer.poll(Duration::from_millis(100));
-    }
+    // Dropping the consumer leaves the group (librdkafka's close, polled
+    // until done); the revoke callback sees `closing` and lets go at once.
+    drop(consumer);
+    lock(&ctx.tx).take();
 }
 
 fn is_fatal(code: RDKafkaErrorCode) -> bool {
@@ -534,7 +544,15 @@ fn is_fatal(code: RDKafkaErrorCode) -> bool {
 }
 
 struct KafkaConsumer {
-    consumer: Arc<BaseConsumer<ConsumerCtx>>,
+    /// Owned by the consumer thread; gone once it has left the group.
+    consumer: std::sync::Weak<BaseConsumer<ConsumerCtx>>,
+    ctx: Arc<ConsumerCtx>,
+}
+
+impl KafkaConsumer {
+    fn consumer(&self) -> Result<Arc<BaseConsumer<ConsumerCtx>>> {
+        self.consumer.upgrade().ok_or_else(|| kafka_err("consumer", "closed"))
+    }
 }
 
 fn tpl_of(partitions: &[TopicPartition]) -> TopicPartitionList {
@@ -552,31 +570,32 @@ impl ConsumerControl for KafkaConsumer {
             tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))
                 .map_err(|e| kafka_err("commit", e))?;
         }
-        self.consumer.commit(&tpl, CommitMode::Sync).map_err(|e| kafka_err("commit", e))
+        self.consumer()?.commit(&tpl, CommitMode::Sync).map_err(|e| kafka_err("commit", e))
     }
 
     fn pause(&self, partitions: &[TopicPartition]) {
-        if let Err(e) = self.consumer.pause(&tpl_of(partitions)) {
+        if let Err(e) = self.consumer().and_then(|c| c.pause(&tpl_of(partitions)).map_err(|e| kafka_err("pause", e))) {
             tracing::warn!(error = %e, "pausing partitions");
         }
     }
 
     fn resume(&self, partitions: &[TopicPartition]) {
-        if let Err(e) = self.consumer.resume(&tpl_of(partitions)) {
+        if let Err(e) = self.consumer().and_then(|c| c.resume(&tpl_of(partitions)).map_err(|e| kafka_err("resume", e)))
+        {
             tracing::warn!(error = %e, "resuming partitions");
         }
     }
 
     fn subscribe(&self, topics: &[String]) -> Result<()> {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        self.consumer.subscribe(&names).map_err(|e| kafka_err("subscribing", e))
+        self.consumer()?.subscribe(&names).map_err(|e| kafka_err("subscribing", e))
     }
 
     fn end_offset(&self, tp: &TopicPartition) -> Option<i64> {
-        lock(&self.consumer.context().ends).get(&(tp.topic.to_string(), tp.partition)).copied()
+        lock(&self.ctx.ends).get(&(tp.topic.to_string(), tp.partition)).copied()
     }
 
     fn close(&self) {
-        self.consumer.context().closing.store(true, Ordering::Release);
+        self.ctx.closing.store(true, Ordering::Release);
     }
 }

@@ -1,0 +1,268 @@
+//! The throughput harness: in one run against one broker, with the same input,
+//! (a) a raw rdkafka consume → transform → produce loop and (b) Strom's
+//! `relay`; prints msgs/s and CPU per message of each and the ratio b/a, then
+//! the resident memory of an idle `relay` worker process.
+//!
+//! ```text
+//! cargo build --release -p strom-examples --bin relay
+//! cargo run --release -p strom-benches --bin throughput -- [messages] [rounds]
+//! ```
+//!
+//! The broker is `STROM_BENCH_KAFKA` (default 127.0.0.1:9092). Both loops do
+//! the same work per message: parse the JSON object, add `"relayed": true`,
+//! serialize, produce with the same key, and commit consumed offsets (the raw
+//! loop commits its position every second, as an at-least-once consumer
+//! would). Each loop is timed from its first message consumed to its last
+//! message acknowledged by the broker; rounds alternate a and b, so both see
+//! the same machine load, and the best round of each is reported.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use serde_json::{Map, Value};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> Res<()> {
+    let mut args = std::env::args().skip(1);
+    let messages: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(200_000);
+    let rounds: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(3);
+    let servers = std::env::var("STROM_BENCH_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let run = format!("bench-{}-{}", std::process::id(), now_ms());
+    stream_core::init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+
+    println!("broker {servers}, {messages} messages of ~100 B on 4 partitions, {rounds} round(s)");
+    let mut raw_best: Option<Measure> = None;
+    let mut strom_best: Option<Measure> = None;
+    for round in 0..rounds {
+        let prefix = format!("{run}-{round}-");
+        let input = format!("{prefix}relay.in");
+        create(&servers, &[&input, &format!("{prefix}raw.out")])?;
+        fill(&servers, &input, messages)?;
+        eprintln!("round {}: input written", round + 1);
+        let raw = raw_loop(&servers, &input, &format!("{prefix}raw.out"), &format!("{prefix}raw"), messages)?;
+        eprintln!("round {}: raw loop done ({:.0} msg/s)", round + 1, raw.rate());
+        let strom = rt.block_on(strom_relay(&servers, &prefix, messages))?;
+        println!(
+            "round {}: raw {:>9.0} msg/s {:>5.2} µs CPU/msg | relay {:>9.0} msg/s {:>5.2} µs CPU/msg | ratio {:.3}",
+            round + 1,
+            raw.rate(),
+            raw.cpu_per_msg_us(),
+            strom.rate(),
+            strom.cpu_per_msg_us(),
+            strom.rate() / raw.rate()
+        );
+        if raw_best.as_ref().is_none_or(|b| raw.rate() > b.rate()) {
+            raw_best = Some(raw);
+        }
+        if strom_best.as_ref().is_none_or(|b| strom.rate() > b.rate()) {
+            strom_best = Some(strom);
+        }
+    }
+    if let (Some(raw), Some(strom)) = (raw_best, strom_best) {
+        println!(
+            "best: raw {:.0} msg/s ({:.2} µs CPU/msg), relay {:.0} msg/s ({:.2} µs CPU/msg); \
+             throughput ratio b/a = {:.3}, CPU ratio b/a = {:.2}",
+            raw.rate(),
+            raw.cpu_per_msg_us(),
+            strom.rate(),
+            strom.cpu_per_msg_us(),
+            strom.rate() / raw.rate(),
+            strom.cpu_per_msg_us() / raw.cpu_per_msg_us()
+        );
+    }
+    match idle_rss(&servers, &format!("{run}-idle-")) {
+        Ok(kib) => println!("idle relay worker: {:.1} MiB resident", kib as f64 / 1024.0),
+        Err(e) => println!("idle relay worker: not measured ({e})"),
+    }
+    Ok(())
+}
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
+}
+
+struct Measure {
+    messages: usize,
+    elapsed: Duration,
+    cpu: Duration,
+}
+
+impl Measure {
+    fn rate(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+    fn cpu_per_msg_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.messages as f64
+    }
+}
+
+/// CPU time of this process so far (all threads), from /proc/self/stat.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name: state is field 3; utime, stime are 14, 15.
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10) // CLK_TCK is 100 on Linux
+}
+
+fn client(servers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", servers);
+    c
+}
+
+fn producer(servers: &str) -> Res<ThreadedProducer<DefaultProducerContext>> {
+    Ok(client(servers).set("linger.ms", "5").set("partitioner", "murmur2_random").create()?)
+}
+
+/// Creates topics with 4 partitions.
+fn create(servers: &str, topics: &[&str]) -> Res<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let admin: rdkafka::admin::AdminClient<_> = client(servers).create()?;
+    let new: Vec<_> = topics
+        .iter()
+        .map(|t| rdkafka::admin::NewTopic::new(t, 4, rdkafka::admin::TopicReplication::Fixed(1)))
+        .collect();
+    rt.block_on(admin.create_topics(&new, &rdkafka::admin::AdminOptions::new()))?;
+    Ok(())
+}
+
+/// Writes `n` JSON objects to `topic`.
+fn fill(servers: &str, topic: &str, n: usize) -> Res<()> {
+    let p = producer(servers)?;
+    for i in 0..n {
+        let value =
+            format!(r#"{{"id":{i},"sensor":"s-{}","reading":{}.5,"note":"padding to a hundred"}}"#, i % 97, i % 40);
+        let key = format!("k{}", i % 101);
+        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match p.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60))?;
+    Ok(())
+}
+
+fn relayed(payload: &[u8]) -> Option<Vec<u8>> {
+    let mut map: Map<String, Value> = serde_json::from_slice(payload).ok()?;
+    map.get("id")?.as_i64()?;
+    map.insert("relayed".into(), Value::Bool(true));
+    serde_json::to_vec(&map).ok()
+}
+
+/// (a) BaseConsumer → transform → ThreadedProducer, committing every second.
+fn raw_loop(servers: &str, input: &str, output: &str, group: &str, n: usize) -> Res<Measure> {
+    let consumer: BaseConsumer = client(servers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[input])?;
+    let p = producer(servers)?;
+    let mut seen = 0;
+    let mut started = None;
+    let mut last_commit = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while seen < n && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let m = m?;
+        started.get_or_insert_with(|| (Instant::now(), cpu_time()));
+        seen += 1;
+        if let Some(value) = m.payload().and_then(relayed) {
+            let mut record = BaseRecord::to(output).payload(&value);
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            while let Err((_, back)) = p.send(record) {
+                record = back;
+                p.poll(Duration::from_millis(1));
+            }
+        }
+        consumer.store_offset_from_message(&m).ok();
+        if last_commit.elapsed() >= Duration::from_secs(1) {
+            consumer.commit_consumer_state(CommitMode::Async).ok();
+            last_commit = Instant::now();
+        }
+    }
+    p.flush(Duration::from_secs(60))?;
+    consumer.commit_consumer_state(CommitMode::Sync).ok();
+    let (t0, c0) = started.ok_or("the raw loop read nothing")?;
+    Ok(Measure { messages: seen, elapsed: t0.elapsed(), cpu: cpu_time() - c0 })
+}
+
+/// (b) Strom's relay, in this process, on the same input.
+async fn strom_relay(servers: &str, prefix: &str, n: usize) -> Res<Measure> {
+    let app = stream_core::App::builder("relay")
+        .broker(format!("kafka://{servers}"))
+        .topic_prefix(prefix)
+        .without_web()
+        .env()?
+        .build()?;
+    strom_examples::relay::build(&app);
+    let worker = app.start().await?;
+    let stats = worker.agent_stats("relay").ok_or("no relay agent")?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while stats.received.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let (t0, c0) = (Instant::now(), cpu_time());
+    let mut report = Instant::now();
+    while (stats.processed.load(Ordering::Relaxed) as usize) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if report.elapsed() > Duration::from_secs(5) {
+            report = Instant::now();
+            eprintln!(
+                "relay: {} received, {} processed",
+                stats.received.load(Ordering::Relaxed),
+                stats.processed.load(Ordering::Relaxed)
+            );
+        }
+    }
+    // Done means acknowledged by the broker.
+    app.flush(Duration::from_secs(60)).await?;
+    let measure = Measure { messages: n, elapsed: t0.elapsed(), cpu: cpu_time() - c0 };
+    worker.stop().await?;
+    Ok(measure)
+}
+
+/// Starts the release `relay` binary next to this one, lets it idle for five
+/// seconds after its first assignment, and reads its resident set size.
+fn idle_rss(servers: &str, prefix: &str) -> Res<u64> {
+    let exe = std::env::current_exe()?;
+    let relay = exe.parent().ok_or("no exe dir")?.join("relay");
+    if !relay.exists() {
+        return Err(format!("{} missing: cargo build --release -p strom-examples --bin relay", relay.display()).into());
+    }
+    let mut child = std::process::Command::new(&relay)
+        .env("STROM_BROKER", format!("kafka://{servers}"))
+        .env("STROM_TOPIC_PREFIX", prefix)
+        .env("STROM_WEB_PORT", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(8));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+    let _ = child.kill();
+    let _ = child.wait();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| "no VmRSS".into())
+}
