@@ -98,7 +98,11 @@ impl Log {
 }
 
 fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    // What `chrono::Utc::now().timestamp_millis()` computes, without building a date.
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => since.as_millis() as i64,
+        Err(before) => -(before.duration().as_millis() as i64),
+    }
 }
 
 impl MemoryBroker {
@@ -544,7 +548,13 @@ async fn run_consumer(control: Arc<MemoryConsumer>, tx: mpsc::Sender<ConsumerEve
             };
             let pos = positions.get(tp).copied().unwrap_or(0);
             let room = PARTITION_CHUNK.min(MAX_BATCH - batch.len());
-            let next = read_into(&lock(log), &tp.topic, tp.partition, pos, room, &mut batch);
+            let log = lock(log);
+            if batch.capacity() == 0 && log.end() > pos {
+                // Room for a whole batch at once, not grown message by message.
+                batch.reserve(MAX_BATCH);
+            }
+            let next = read_into(&log, &tp.topic, tp.partition, pos, room, &mut batch);
+            drop(log);
             positions.insert(tp.clone(), next);
         }
         start = start.wrapping_add(1);
