@@ -343,35 +343,41 @@ struct MemoryProducer {
 }
 
 impl MemoryProducer {
-    fn cached(&self, name: &Arc<str>) -> Option<Arc<MemTopic>> {
-        let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.iter().find(|(n, _)| Arc::ptr_eq(n, name)).map(|(_, t)| t.clone())
-    }
-}
-
-#[async_trait]
-impl Producer for MemoryProducer {
-    fn try_send(&self, msg: OutMessage, seq: u64) -> Result<(), TrySendError> {
-        let topic = match self.cached(&msg.topic) {
-            Some(topic) => topic,
-            None => {
-                let Some(topic) = self.broker.topic(&msg.topic) else {
-                    return self.broker.append(msg).map(|_| ()).map_err(TrySendError::Fatal);
-                };
-                let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if cache.len() < 64 {
-                    cache.push((msg.topic.clone(), topic.clone()));
-                }
-                topic
-            }
-        };
-        match self.broker.append_to(&topic, msg) {
+    fn appended(&self, outcome: Result<(i32, i64)>, seq: u64) -> Result<(), TrySendError> {
+        match outcome {
             Ok(_) => {
                 self.sends.ack(seq);
                 Ok(())
             }
             Err(e) => Err(TrySendError::Fatal(e)),
         }
+    }
+}
+
+#[async_trait]
+impl Producer for MemoryProducer {
+    fn try_send(&self, msg: OutMessage, seq: u64) -> Result<(), TrySendError> {
+        {
+            // The common case: appended under the cache's read lock, without
+            // touching the topic's reference count.
+            let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((_, topic)) = cache.iter().find(|(n, _)| Arc::ptr_eq(n, &msg.topic)) {
+                let outcome = self.broker.append_to(topic, msg);
+                drop(cache);
+                return self.appended(outcome, seq);
+            }
+        }
+        let Some(topic) = self.broker.topic(&msg.topic) else {
+            return self.broker.append(msg).map(|_| ()).map_err(TrySendError::Fatal);
+        };
+        {
+            let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.len() < 64 {
+                cache.push((msg.topic.clone(), topic.clone()));
+            }
+        }
+        let outcome = self.broker.append_to(&topic, msg);
+        self.appended(outcome, seq)
     }
 
     async fn flush(&self, _timeout: Duration) -> Result<()> {
