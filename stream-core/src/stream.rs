@@ -70,7 +70,7 @@ impl Inbox {
 /// Deliveries released by one stream, waiting for the handler to move on.
 #[derive(Debug)]
 pub(crate) struct StreamState {
-    released: Mutex<Vec<(Delivery, u64)>>,
+    released: Mutex<Vec<(Box<Delivery>, u64)>>,
     pub(crate) sends: Arc<SendTracker>,
     ended: std::sync::atomic::AtomicBool,
     stats: Arc<crate::agent::AgentStats>,
@@ -78,7 +78,7 @@ pub(crate) struct StreamState {
 
 impl StreamState {
     /// An event was dropped: remember how many sends were issued by then.
-    pub(crate) fn release(&self, d: Delivery) {
+    pub(crate) fn release(&self, d: Box<Delivery>) {
         let issued = self.sends.issued();
         lock(&self.released).push((d, issued));
     }
@@ -97,7 +97,7 @@ impl StreamState {
 
     /// The handler failed: these are the events it had not finished.
     pub(crate) fn take_released(&self) -> Vec<Delivery> {
-        lock(&self.released).drain(..).map(|(d, _)| d).collect()
+        lock(&self.released).drain(..).map(|(d, _)| *d).collect()
     }
 
     pub(crate) fn ended(&self) -> bool {
@@ -207,7 +207,7 @@ impl<K: Payload, V: Payload> Stream for BaseStream<K, V> {
             this.ctx.agent.stats.received.fetch_add(1, Ordering::Relaxed);
             match this.topic.decode(&d.raw) {
                 Ok((key, value)) => {
-                    let guard = AckGuard { delivery: Some(d), stream: this.state.clone() };
+                    let guard = AckGuard { delivery: Some(Box::new(d)), stream: this.state.clone() };
                     return Poll::Ready(Some(Event::delivered(key, value, guard)));
                 }
                 Err(error) => {
