@@ -16,6 +16,11 @@
 //! memory stays flat under a steady stream; and it never holds more than
 //! [`MemoryBroker::max_records`] (1,000,000 by default): beyond that the oldest
 //! records go, consumed or not, as Kafka's size-based retention would.
+//!
+//! Storage: keys and values up to 1 KiB are copied on append into 16 KiB chunks
+//! per partition, so a partition's records lie together in memory as in a log
+//! segment (a consumer reads them in sequence, and the copies it gets share one
+//! reference count per chunk). A chunk is freed with the last record in it.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
