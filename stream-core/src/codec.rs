@@ -30,9 +30,10 @@
 //! assert!(Csv.decode(b"12").is_err());
 //! ```
 
+use std::cell::RefCell;
 use std::fmt;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::record::Payload;
@@ -86,11 +87,58 @@ impl<T: Serialize + DeserializeOwned> Codec<T> for Json {
         "json"
     }
     fn encode(&self, value: &T) -> Result<Vec<u8>, CodecError> {
-        serde_json::to_vec(value).map_err(|e| CodecError { codec: "json", message: e.to_string() })
+        serde_json::to_vec(value).map_err(|e| json_error(&e))
     }
     fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
-        serde_json::from_slice(bytes).map_err(|e| CodecError { codec: "json", message: e.to_string() })
+        // Checking UTF-8 once up front is cheaper than serde_json checking every
+        // string it meets; invalid input takes the slice path for serde_json's
+        // own error message.
+        match std::str::from_utf8(bytes) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(bytes),
+        }
+        .map_err(|e| json_error(&e))
     }
+    /// Encodes into a per-thread buffer shared by consecutive messages, so a
+    /// message costs no allocation of its own (see [`encode_shared`]).
+    fn encode_bytes(&self, value: &T) -> Result<Bytes, CodecError> {
+        encode_shared(|out| serde_json::to_writer(out, value).map_err(|e| json_error(&e)))
+            .unwrap_or_else(|| self.encode(value).map(Bytes::from))
+    }
+}
+
+fn json_error(e: &serde_json::Error) -> CodecError {
+    CodecError { codec: "json", message: e.to_string() }
+}
+
+/// How much room the per-thread encoding buffer takes at a time.
+const ENCODE_CHUNK: usize = 4096;
+
+thread_local! {
+    static ENCODE_BUFFER: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Runs `write` into this thread's encoding buffer and splits off what it
+/// wrote: consecutive messages share one allocation of [`ENCODE_CHUNK`] bytes,
+/// freed when the last of them is dropped. `None` if the buffer is in use (a
+/// codec encoding from inside another's `Serialize`): encode some other way.
+fn encode_shared(
+    write: impl FnOnce(&mut bytes::buf::Writer<&mut BytesMut>) -> Result<(), CodecError>,
+) -> Option<Result<Bytes, CodecError>> {
+    ENCODE_BUFFER.with(|buffer| {
+        let mut buffer = buffer.try_borrow_mut().ok()?;
+        if buffer.capacity() - buffer.len() < ENCODE_CHUNK / 8 {
+            buffer.reserve(ENCODE_CHUNK);
+        }
+        let outcome = write(&mut (&mut *buffer).writer());
+        Some(match outcome {
+            Ok(()) => Ok(buffer.split().freeze()),
+            Err(e) => {
+                buffer.clear();
+                Err(e)
+            }
+        })
+    })
 }
 
 /// Bytes as they are, for `Vec<u8>` and [`Bytes`].
@@ -200,6 +248,27 @@ mod tests {
         let err = <Json as Codec<serde_json::Value>>::decode(&Json, b"{nope").unwrap_err();
         assert_eq!(err.codec, "json");
         assert!(err.message.contains("key must be a string"), "{err}");
+    }
+
+    #[test]
+    fn json_shared_encoding_keeps_messages_apart() {
+        let values: Vec<serde_json::Value> = (0..2000).map(|i| serde_json::json!({"id": i, "name": "x"})).collect();
+        let encoded: Vec<Bytes> = values.iter().map(|v| Json.encode_bytes(v).unwrap()).collect();
+        for (v, bytes) in values.iter().zip(&encoded) {
+            assert_eq!(bytes.as_ref(), Json.encode(v).unwrap().as_slice());
+            assert_eq!(&<Json as Codec<serde_json::Value>>::decode_bytes(&Json, bytes).unwrap(), v);
+        }
+        // A value that fails half-way leaves nothing behind for the next one.
+        let bad = std::collections::BTreeMap::from([(vec![1u8], 1)]);
+        assert!(Json.encode_bytes(&bad).is_err());
+        assert_eq!(Json.encode_bytes(&7u32).unwrap().as_ref(), b"7");
+    }
+
+    #[test]
+    fn json_decode_errors_are_the_same_on_invalid_utf8() {
+        let err = <Json as Codec<String>>::decode(&Json, b"\"\xff\"").unwrap_err();
+        assert_eq!(err.codec, "json");
+        assert!(err.message.contains("invalid unicode"), "{err}");
     }
 
     #[test]

@@ -18,9 +18,12 @@ pub(crate) struct Delivery {
 }
 
 /// Marks the event's delivery released when the event is dropped.
+///
+/// The delivery is boxed so that an event stays small: it is moved several
+/// times on its way to the handler and back.
 #[derive(Debug)]
 pub(crate) struct AckGuard {
-    pub(crate) delivery: Option<Delivery>,
+    pub(crate) delivery: Option<Box<Delivery>>,
     pub(crate) stream: Arc<StreamState>,
 }
 
@@ -82,7 +85,7 @@ impl<K, V> Event<K, V> {
 
     fn raw(&self) -> Option<&RawMessage> {
         match &self.source {
-            Source::Delivered(guard) => guard.delivery.as_ref().map(|d| &d.raw),
+            Source::Delivered(guard) => guard.delivery.as_deref().map(|d| &d.raw),
             Source::Detached { .. } => None,
         }
     }

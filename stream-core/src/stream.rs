@@ -41,24 +41,36 @@ use crate::transport::TrySendError;
 #[derive(Debug)]
 pub(crate) struct Inbox {
     rx: mpsc::Receiver<Vec<Delivery>>,
-    buffer: VecDeque<Delivery>,
+    /// Deliveries handed back (replays after a failure, a dead letter not
+    /// sent yet): older than the batch, so they come first.
+    front: VecDeque<Delivery>,
+    /// The rest of the batch being read (read in place, not copied).
+    batch: std::vec::IntoIter<Delivery>,
 }
 
 impl Inbox {
     pub(crate) fn new(rx: mpsc::Receiver<Vec<Delivery>>) -> Self {
-        Inbox { rx, buffer: VecDeque::new() }
+        Inbox { rx, front: VecDeque::new(), batch: Vec::new().into_iter() }
     }
 
     /// No sender is left and nothing is buffered.
     pub(crate) fn is_closed(&self) -> bool {
-        self.buffer.is_empty() && self.rx.is_closed() && self.rx.is_empty()
+        self.front.is_empty() && self.batch.len() == 0 && self.rx.is_closed() && self.rx.is_empty()
+    }
+
+    fn pop(&mut self) -> Option<Delivery> {
+        self.front.pop_front().or_else(|| self.batch.next())
+    }
+
+    fn push_front(&mut self, d: Delivery) {
+        self.front.push_front(d);
     }
 }
 
 /// Deliveries released by one stream, waiting for the handler to move on.
 #[derive(Debug)]
 pub(crate) struct StreamState {
-    released: Mutex<Vec<(Delivery, u64)>>,
+    released: Mutex<Vec<(Box<Delivery>, u64)>>,
     pub(crate) sends: Arc<SendTracker>,
     ended: std::sync::atomic::AtomicBool,
     stats: Arc<crate::agent::AgentStats>,
@@ -66,7 +78,7 @@ pub(crate) struct StreamState {
 
 impl StreamState {
     /// An event was dropped: remember how many sends were issued by then.
-    pub(crate) fn release(&self, d: Delivery) {
+    pub(crate) fn release(&self, d: Box<Delivery>) {
         let issued = self.sends.issued();
         lock(&self.released).push((d, issued));
     }
@@ -85,7 +97,7 @@ impl StreamState {
 
     /// The handler failed: these are the events it had not finished.
     pub(crate) fn take_released(&self) -> Vec<Delivery> {
-        lock(&self.released).drain(..).map(|(d, _)| d).collect()
+        lock(&self.released).drain(..).map(|(d, _)| *d).collect()
     }
 
     pub(crate) fn ended(&self) -> bool {
@@ -109,7 +121,7 @@ impl<K: Payload, V: Payload> BaseStream<K, V> {
         let mut inbox = lock(&instance.inboxes).remove(topic.name_arc());
         if let (Some(inbox), Some(replay)) = (inbox.as_mut(), lock(&instance.replay).remove(topic.name_arc())) {
             for d in replay.into_iter().rev() {
-                inbox.buffer.push_front(d);
+                inbox.push_front(d);
             }
         }
         let state = Arc::new(StreamState {
@@ -179,10 +191,10 @@ impl<K: Payload, V: Payload> Stream for BaseStream<K, V> {
                 }
             }
             let Some(inbox) = this.inbox.as_mut() else { return Poll::Ready(None) };
-            let Some(d) = inbox.buffer.pop_front() else {
+            let Some(d) = inbox.pop() else {
                 match inbox.rx.poll_recv(cx) {
                     Poll::Ready(Some(batch)) => {
-                        inbox.buffer.extend(batch);
+                        inbox.batch = batch.into_iter();
                         continue;
                     }
                     Poll::Ready(None) => {
@@ -195,7 +207,7 @@ impl<K: Payload, V: Payload> Stream for BaseStream<K, V> {
             this.ctx.agent.stats.received.fetch_add(1, Ordering::Relaxed);
             match this.topic.decode(&d.raw) {
                 Ok((key, value)) => {
-                    let guard = AckGuard { delivery: Some(d), stream: this.state.clone() };
+                    let guard = AckGuard { delivery: Some(Box::new(d)), stream: this.state.clone() };
                     return Poll::Ready(Some(Event::delivered(key, value, guard)));
                 }
                 Err(error) => {
@@ -213,7 +225,7 @@ impl<K, V> Drop for BaseStream<K, V> {
         if let Some((d, _, _)) = self.pending.take() {
             // Not dead-lettered yet: hand it over again next time.
             if let Some(inbox) = self.inbox.as_mut() {
-                inbox.buffer.push_front(d);
+                inbox.push_front(d);
             }
         }
         if let Some(inbox) = self.inbox.take() {

@@ -16,10 +16,10 @@
 //! finished also holds it back), which costs nothing in practice and needs no
 //! bookkeeping of which send belongs to which event.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,10 +35,18 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Tracks acknowledgements of produced messages.
+///
+/// The watermark moves without a lock when acknowledgements arrive in order
+/// (the common case); those that arrive early wait in a set until it reaches them.
 #[derive(Debug, Default)]
 pub struct SendTracker {
     next: AtomicU64,
+    /// Every seq below this is acknowledged. Moved by a compare-and-swap from
+    /// `seq` to `seq + 1` by the acknowledgement of `seq` itself, or, for seqs
+    /// acknowledged early, under the `window` lock.
     acked_below: AtomicU64,
+    /// Whether `window.early` may hold seqs (read without the lock).
+    early_pending: AtomicBool,
     window: Mutex<Window>,
     notify: Notify,
     waiters: AtomicUsize,
@@ -46,10 +54,8 @@ pub struct SendTracker {
 
 #[derive(Debug, Default)]
 struct Window {
-    /// Every seq below `base` is acknowledged.
-    base: u64,
-    /// Acknowledged flags of seqs `base..base + len` that arrived out of order.
-    acked: VecDeque<bool>,
+    /// Seqs at or above the watermark that were acknowledged out of order.
+    early: BTreeSet<u64>,
     /// Sends the broker refused, with the reason.
     failed: BTreeMap<u64, String>,
 }
@@ -78,27 +84,40 @@ impl SendTracker {
     /// Records the broker's acknowledgement of `seq` (also used to retire a
     /// number whose message was never queued).
     pub fn ack(&self, seq: u64) {
-        let mut w = lock(&self.window);
-        if seq < w.base {
-            return;
-        }
-        if seq == w.base && w.acked.is_empty() {
-            w.base += 1;
+        // SeqCst throughout: this thread moves the watermark then reads
+        // `early_pending`, while an early acknowledgement sets `early_pending`
+        // then reads the watermark; one of the two must see the other.
+        if self.acked_below.compare_exchange(seq, seq + 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            if self.early_pending.load(Ordering::SeqCst) {
+                self.advance(&mut lock(&self.window));
+            }
         } else {
-            let idx = (seq - w.base) as usize;
-            if w.acked.len() <= idx {
-                w.acked.resize(idx + 1, false);
+            let mut w = lock(&self.window);
+            if seq < self.acked_below.load(Ordering::SeqCst) {
+                return;
             }
-            w.acked[idx] = true;
-            while w.acked.front() == Some(&true) {
-                w.acked.pop_front();
-                w.base += 1;
-            }
+            w.early.insert(seq);
+            self.early_pending.store(true, Ordering::SeqCst);
+            self.advance(&mut w);
         }
-        self.acked_below.store(w.base, Ordering::Release);
-        drop(w);
-        if self.waiters.load(Ordering::Acquire) > 0 {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
             self.notify.notify_waiters();
+        }
+    }
+
+    /// Moves the watermark over the seqs acknowledged early (under the lock).
+    fn advance(&self, w: &mut Window) {
+        loop {
+            let below = self.acked_below.load(Ordering::SeqCst);
+            // `below` is in `early` only if it was acknowledged already, so no
+            // lock-free acknowledgement can move the watermark from there.
+            if !w.early.remove(&below) {
+                break;
+            }
+            let _ = self.acked_below.compare_exchange(below, below + 1, Ordering::SeqCst, Ordering::SeqCst);
+        }
+        if w.early.is_empty() {
+            self.early_pending.store(false, Ordering::SeqCst);
         }
     }
 
@@ -122,7 +141,7 @@ impl SendTracker {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            self.waiters.fetch_add(1, Ordering::AcqRel);
+            self.waiters.fetch_add(1, Ordering::SeqCst);
             let state = self.state_of(seq);
             let outcome = match state {
                 Some(result) => Some(result),
@@ -152,7 +171,7 @@ impl SendTracker {
         if let Some(reason) = lock(&self.window).failed.get(&seq) {
             return Some(Err(Error::Send { topic: String::new(), reason: reason.clone() }));
         }
-        (self.acked_below() > seq).then_some(Ok(()))
+        (self.acked_below.load(Ordering::SeqCst) > seq).then_some(Ok(()))
     }
 }
 
@@ -290,6 +309,34 @@ mod tests {
         assert_eq!(s.acked_below(), 1);
         s.ack(b);
         assert_eq!(s.acked_below(), 3);
+    }
+
+    #[test]
+    fn watermark_is_exact_under_concurrent_acks() {
+        for round in 0..20u64 {
+            let s = SendTracker::new();
+            let seqs: Vec<u64> = (0..4000).map(|_| s.issue()).collect();
+            let threads: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let s = s.clone();
+                    // Each thread acknowledges its share, some in order, some backwards.
+                    let mine: Vec<u64> = seqs.iter().copied().filter(|q| q % 4 == t).collect();
+                    std::thread::spawn(move || {
+                        if (t + round) % 2 == 0 {
+                            mine.iter().for_each(|&q| s.ack(q));
+                        } else {
+                            mine.iter().rev().for_each(|&q| s.ack(q));
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(s.acked_below(), 4000);
+            s.ack(3); // a late duplicate changes nothing
+            assert_eq!(s.acked_below(), 4000);
+        }
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //! memory stays flat under a steady stream; and it never holds more than
 //! [`MemoryBroker::max_records`] (1,000,000 by default): beyond that the oldest
 //! records go, consumed or not, as Kafka's size-based retention would.
+//!
+//! Storage: keys and values up to 1 KiB are copied on append into 16 KiB chunks
+//! per partition, so a partition's records lie together in memory as in a log
+//! segment (a consumer reads them in sequence, and the copies it gets share one
+//! reference count per chunk). A chunk is freed with the last record in it.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,7 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{
@@ -82,6 +87,11 @@ struct Log {
     /// The offset of `records[0]`.
     base: i64,
     records: VecDeque<Stored>,
+    /// Where small keys and values are copied on append, so that a partition's
+    /// records lie together in memory, as in a log segment: a consumer reads
+    /// them in sequence, and its copies share one reference count per chunk
+    /// instead of touching one per message.
+    arena: BytesMut,
 }
 
 struct Stored {
@@ -91,14 +101,37 @@ struct Stored {
     timestamp_ms: i64,
 }
 
+/// The size of a log's arena chunks.
+const ARENA_CHUNK: usize = 16 * 1024;
+/// Keys and values larger than this are kept as they come, not copied.
+const ARENA_MAX_COPY: usize = 1024;
+
 impl Log {
     fn end(&self) -> i64 {
         self.base + self.records.len() as i64
     }
+
+    /// The bytes to store for a key or value: small ones copied into the arena.
+    fn keep(&mut self, bytes: Option<Bytes>) -> Option<Bytes> {
+        let bytes = bytes?;
+        if bytes.is_empty() || bytes.len() > ARENA_MAX_COPY {
+            return Some(bytes);
+        }
+        if self.arena.capacity() - self.arena.len() < bytes.len() {
+            // A new chunk; the old one is freed with the last record in it.
+            self.arena = BytesMut::with_capacity(ARENA_CHUNK);
+        }
+        self.arena.extend_from_slice(&bytes);
+        Some(self.arena.split().freeze())
+    }
 }
 
 fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    // What `chrono::Utc::now().timestamp_millis()` computes, without building a date.
+    match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => since.as_millis() as i64,
+        Err(before) => -(before.duration().as_millis() as i64),
+    }
 }
 
 impl MemoryBroker {
@@ -233,9 +266,10 @@ impl MemoryBroker {
         let offset = {
             let mut log = lock(log);
             let offset = log.end();
+            let (key, value) = (log.keep(msg.key), log.keep(msg.value));
             log.records.push_back(Stored {
-                key: msg.key,
-                value: msg.value,
+                key,
+                value,
                 headers: msg.headers,
                 timestamp_ms: msg.timestamp_ms.unwrap_or_else(now_ms),
             });
@@ -339,35 +373,41 @@ struct MemoryProducer {
 }
 
 impl MemoryProducer {
-    fn cached(&self, name: &Arc<str>) -> Option<Arc<MemTopic>> {
-        let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.iter().find(|(n, _)| Arc::ptr_eq(n, name)).map(|(_, t)| t.clone())
-    }
-}
-
-#[async_trait]
-impl Producer for MemoryProducer {
-    fn try_send(&self, msg: OutMessage, seq: u64) -> Result<(), TrySendError> {
-        let topic = match self.cached(&msg.topic) {
-            Some(topic) => topic,
-            None => {
-                let Some(topic) = self.broker.topic(&msg.topic) else {
-                    return self.broker.append(msg).map(|_| ()).map_err(TrySendError::Fatal);
-                };
-                let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if cache.len() < 64 {
-                    cache.push((msg.topic.clone(), topic.clone()));
-                }
-                topic
-            }
-        };
-        match self.broker.append_to(&topic, msg) {
+    fn appended(&self, outcome: Result<(i32, i64)>, seq: u64) -> Result<(), TrySendError> {
+        match outcome {
             Ok(_) => {
                 self.sends.ack(seq);
                 Ok(())
             }
             Err(e) => Err(TrySendError::Fatal(e)),
         }
+    }
+}
+
+#[async_trait]
+impl Producer for MemoryProducer {
+    fn try_send(&self, msg: OutMessage, seq: u64) -> Result<(), TrySendError> {
+        {
+            // The common case: appended under the cache's read lock, without
+            // touching the topic's reference count.
+            let cache = self.cache.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((_, topic)) = cache.iter().find(|(n, _)| Arc::ptr_eq(n, &msg.topic)) {
+                let outcome = self.broker.append_to(topic, msg);
+                drop(cache);
+                return self.appended(outcome, seq);
+            }
+        }
+        let Some(topic) = self.broker.topic(&msg.topic) else {
+            return self.broker.append(msg).map(|_| ()).map_err(TrySendError::Fatal);
+        };
+        {
+            let mut cache = self.cache.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if cache.len() < 64 {
+                cache.push((msg.topic.clone(), topic.clone()));
+            }
+        }
+        let outcome = self.broker.append_to(&topic, msg);
+        self.appended(outcome, seq)
     }
 
     async fn flush(&self, _timeout: Duration) -> Result<()> {
@@ -557,7 +597,13 @@ async fn run_consumer(control: Arc<MemoryConsumer>, tx: mpsc::Sender<ConsumerEve
             };
             let pos = positions.get(tp).copied().unwrap_or(0);
             let room = PARTITION_CHUNK.min(MAX_BATCH - batch.len());
-            let next = read_into(&lock(log), &tp.topic, tp.partition, pos, room, &mut batch);
+            let log = lock(log);
+            if batch.capacity() == 0 && log.end() > pos {
+                // Room for a whole batch at once, not grown message by message.
+                batch.reserve(MAX_BATCH);
+            }
+            let next = read_into(&log, &tp.topic, tp.partition, pos, room, &mut batch);
+            drop(log);
             positions.insert(tp.clone(), next);
         }
         start = start.wrapping_add(1);
@@ -609,6 +655,28 @@ mod tests {
         let read = b.read("t", p1, 0, 10);
         assert_eq!(read.len(), 2);
         assert_eq!(read[1].value.as_deref(), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn small_records_are_copied_together_and_large_ones_kept() {
+        let b = MemoryBroker::new();
+        b.create_topic(&spec("t", 1)).unwrap();
+        let large = Bytes::from(vec![7u8; ARENA_MAX_COPY + 1]);
+        for i in 0..3000 {
+            b.append(msg("t", &format!("k{i}"), &format!("value {i}"))).unwrap();
+        }
+        b.append(OutMessage { value: Some(large.clone()), ..msg("t", "k", "") }).unwrap();
+        b.append(OutMessage { key: None, value: None, ..msg("t", "", "") }).unwrap();
+        let read = b.read("t", 0, 0, 4000);
+        assert_eq!(read.len(), 3002);
+        for (i, m) in read.iter().take(3000).enumerate() {
+            assert_eq!(m.key.as_deref(), Some(format!("k{i}").as_bytes()));
+            assert_eq!(m.value.as_deref(), Some(format!("value {i}").as_bytes()));
+        }
+        let (k0, v0) = (read[0].key.as_ref().unwrap(), read[0].value.as_ref().unwrap());
+        assert_eq!(k0.as_ptr().wrapping_add(k0.len()), v0.as_ptr(), "stored side by side");
+        assert_eq!(read[3000].value.as_ref().map(|v| v.as_ptr()), Some(large.as_ptr()), "not copied");
+        assert_eq!((read[3001].key.clone(), read[3001].value.clone()), (None, None));
     }
 
     #[test]
