@@ -270,9 +270,6 @@ async fn two_workers_share_the_partitions_and_one_takes_over_when_the_other_stop
         }
         assert!(Instant::now() < deadline, "the partitions were not shared:\n{}\n{}", a.log(), b.log());
     }
-    let a_assigned = a.log().lines().filter(|l| l.contains("assigned")).last().unwrap_or_default().to_owned();
-    let b_assigned = b.log().lines().filter(|l| l.contains("assigned")).last().unwrap_or_default().to_owned();
-    assert!(!a_assigned.is_empty() && !b_assigned.is_empty());
 
     d.send(values(10_000..20_000)).await;
     let (code, _, log) = a.terminate().await;

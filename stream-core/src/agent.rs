@@ -196,6 +196,8 @@ pub struct AgentStats {
     pub retried: AtomicU64,
     /// Messages sent to a dead-letter topic.
     pub dead_lettered: AtomicU64,
+    /// Time from an event reaching the agent to the handler being done with it.
+    pub latency: crate::metrics::Latency,
 }
 
 /// A command from agents to the dispatcher.

@@ -8,7 +8,10 @@
 //! metrics updated where they happen. Services register their own metrics on
 //! the same registry with [`Metrics::register`].
 
-use std::sync::atomic::Ordering;
+/// The Prometheus client the registry is made of, for services' own metrics.
+pub use prometheus_client;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,17 +32,14 @@ pub(crate) struct KindLabel {
     pub(crate) kind: &'static str,
 }
 
-/// Labels naming an agent.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct AgentLabel {
-    pub(crate) agent: String,
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AgentTopicLabels {
     agent: String,
     topic: String,
 }
+
+/// No labels (for an exemplar-less histogram).
+type NoLabels = Vec<(String, String)>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabels {
@@ -55,6 +55,8 @@ pub(crate) trait WorkerProbe: Send + Sync + 'static {
     fn lag(&self) -> Vec<(String, i32, Option<i64>)>;
     /// Whether the worker had its first assignment.
     fn ready(&self) -> bool;
+    /// Partitions paused because an agent is behind.
+    fn paused(&self) -> usize;
 }
 
 /// The metrics of an app.
@@ -70,7 +72,6 @@ struct Inner {
     pub(crate) commit_failures: Counter,
     pub(crate) commit_seconds: Histogram,
     pub(crate) rebalances: Family<KindLabel, Counter>,
-    pub(crate) processing_seconds: Family<AgentLabel, Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -81,7 +82,49 @@ impl std::fmt::Debug for Metrics {
 
 /// Buckets for durations from 50 µs to about 26 s.
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    exponential_buckets(0.000_05, 2.0, 20)
+    exponential_buckets(LATENCY_BASE_NS as f64 / 1e9, 2.0, LATENCY_BUCKETS as u16)
+}
+
+const LATENCY_BASE_NS: u64 = 50_000;
+const LATENCY_BUCKETS: usize = 20;
+
+/// A latency histogram for the hot path: observing is a bucket index and
+/// three relaxed atomic additions, no lock (prometheus-client's histogram
+/// takes a lock per observation). Buckets as [`latency_buckets`], plus +Inf.
+#[derive(Debug, Default)]
+pub struct Latency {
+    buckets: [AtomicU64; LATENCY_BUCKETS + 1],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Latency {
+    /// Records `n` observations of `ns` nanoseconds each.
+    pub fn observe_ns(&self, ns: u64, n: u64) {
+        let index = if ns <= LATENCY_BASE_NS {
+            0
+        } else {
+            // The smallest i with ns <= base * 2^i.
+            let ratio = (ns - 1) / LATENCY_BASE_NS;
+            ((u64::BITS - ratio.leading_zeros()) as usize).min(LATENCY_BUCKETS)
+        };
+        self.buckets[index].fetch_add(n, Ordering::Relaxed);
+        self.count.fetch_add(n, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns.saturating_mul(n), Ordering::Relaxed);
+    }
+
+    /// How many observations so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn encode(&self, encoder: &mut prometheus_client::encoding::MetricEncoder<'_>) -> std::fmt::Result {
+        let bounds = latency_buckets().chain(std::iter::once(f64::INFINITY));
+        let buckets: Vec<(f64, u64)> =
+            bounds.zip(self.buckets.iter()).map(|(b, c)| (b, c.load(Ordering::Relaxed))).collect();
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabels>(sum, self.count(), &buckets, None)
+    }
 }
 
 impl Metrics {
@@ -91,17 +134,10 @@ impl Metrics {
         let commit_failures = Counter::default();
         let commit_seconds = Histogram::new(latency_buckets());
         let rebalances = Family::<KindLabel, Counter>::default();
-        let processing_seconds =
-            Family::<AgentLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()) as Histogram);
         registry.register("commits", "Offset commits that succeeded", commits.clone());
         registry.register("commit_failures", "Offset commits the broker refused", commit_failures.clone());
         registry.register("commit_latency_seconds", "Time an offset commit took", commit_seconds.clone());
         registry.register("rebalances", "Partition assignments and revocations", rebalances.clone());
-        registry.register(
-            "processing_latency_seconds",
-            "Time from an event reaching its agent to the handler being done with it",
-            processing_seconds.clone(),
-        );
         let probe: Arc<Mutex<Option<Arc<dyn WorkerProbe>>>> = Arc::default();
         registry.register_collector(Box::new(WorkerCollector { probe: probe.clone(), sends }));
         Metrics {
@@ -112,7 +148,6 @@ impl Metrics {
                 commit_failures,
                 commit_seconds,
                 rebalances,
-                processing_seconds,
             }),
         }
     }
@@ -120,7 +155,7 @@ impl Metrics {
     /// Registers a service's own metric (its name gets the `strom_` prefix).
     ///
     /// ```
-    /// use prometheus_client::metrics::counter::Counter;
+    /// use stream_core::metrics::prometheus_client::metrics::counter::Counter;
     /// let app = stream_core::App::builder("svc").broker("memory://").build()?;
     /// let loaded = Counter::<u64>::default();
     /// app.metrics().register("rows_loaded", "Rows written to the database", loaded.clone());
@@ -162,11 +197,6 @@ impl Metrics {
     pub(crate) fn rebalance(&self, kind: &'static str) {
         self.inner.rebalances.get_or_create(&KindLabel { kind }).inc();
     }
-
-    /// The processing-latency histogram of an agent.
-    pub(crate) fn processing(&self, agent: &str) -> Histogram {
-        self.inner.processing_seconds.get_or_create(&AgentLabel { agent: agent.to_owned() }).clone()
-    }
 }
 
 /// Reads a running worker's counters at scrape time.
@@ -206,6 +236,13 @@ impl Collector for WorkerCollector {
             None,
             ready.metric_type(),
         )?)?;
+        let paused = ConstGauge::new(probe.paused() as i64);
+        paused.encode(encoder.encode_descriptor(
+            "paused_partitions",
+            "Partitions paused because an agent is behind",
+            None,
+            paused.metric_type(),
+        )?)?;
 
         let agents = probe.agents();
         type Field = fn(&AgentStats) -> &std::sync::atomic::AtomicU64;
@@ -226,6 +263,19 @@ impl Collector for WorkerCollector {
             }
         }
 
+        {
+            let mut latency = encoder.encode_descriptor(
+                "processing_latency_seconds",
+                "Time from an event reaching its agent to the handler being done with it",
+                None,
+                prometheus_client::metrics::MetricType::Histogram,
+            )?;
+            for (agent, topic, stats) in &agents {
+                let labels = AgentTopicLabels { agent: agent.clone(), topic: topic.clone() };
+                stats.latency.encode(&mut latency.encode_family(&labels)?)?;
+            }
+        }
+
         let mut lag = encoder.encode_descriptor(
             "consumer_lag",
             "Messages between the committed position and the end of an assigned partition",
@@ -239,5 +289,28 @@ impl Collector for WorkerCollector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_hold_what_they_say() {
+        let l = Latency::default();
+        l.observe_ns(10_000, 1); // 10 µs: the first bucket (<= 50 µs)
+        l.observe_ns(50_000, 1); // exactly the first bound
+        l.observe_ns(50_001, 2); // just above: the second (<= 100 µs)
+        l.observe_ns(1_000_000, 1); // 1 ms: <= 1.6 ms, the sixth
+        l.observe_ns(u64::MAX / 4, 1); // beyond every bound: +Inf
+        let counts: Vec<u64> = l.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        assert_eq!(counts[0], 2);
+        assert_eq!(counts[1], 2);
+        assert_eq!(counts[5], 1);
+        assert_eq!(counts[LATENCY_BUCKETS], 1);
+        assert_eq!(l.count(), 6);
+        let bounds: Vec<f64> = latency_buckets().collect();
+        assert!((bounds[5] - 0.0016).abs() < 1e-12);
     }
 }

@@ -74,6 +74,14 @@ pub(crate) struct StreamState {
     pub(crate) sends: Arc<SendTracker>,
     ended: std::sync::atomic::AtomicBool,
     stats: Arc<crate::agent::AgentStats>,
+    /// When the batch being read arrived ([`clock_ns`]), for the latency metric.
+    arrived_ns: std::sync::atomic::AtomicU64,
+}
+
+/// Nanoseconds on a process-wide monotonic clock.
+fn clock_ns() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
 }
 
 impl StreamState {
@@ -89,7 +97,10 @@ impl StreamState {
         if released.is_empty() {
             return;
         }
-        self.stats.processed.fetch_add(released.len() as u64, Ordering::Relaxed);
+        let n = released.len() as u64;
+        self.stats.processed.fetch_add(n, Ordering::Relaxed);
+        let waited = clock_ns().saturating_sub(self.arrived_ns.load(Ordering::Relaxed));
+        self.stats.latency.observe_ns(waited, n);
         for (d, issued) in released.drain(..) {
             d.tracker.confirm(d.seq, issued);
         }
@@ -129,6 +140,7 @@ impl<K: Payload, V: Payload> BaseStream<K, V> {
             sends: topic.core.sends.clone(),
             ended: Default::default(),
             stats: ctx.agent.stats.clone(),
+            arrived_ns: std::sync::atomic::AtomicU64::new(clock_ns()),
         });
         lock(&instance.streams).push(state.clone());
         if inbox.is_none() {
@@ -194,6 +206,7 @@ impl<K: Payload, V: Payload> Stream for BaseStream<K, V> {
             let Some(d) = inbox.pop() else {
                 match inbox.rx.poll_recv(cx) {
                     Poll::Ready(Some(batch)) => {
+                        this.state.arrived_ns.store(clock_ns(), Ordering::Relaxed);
                         inbox.batch = batch.into_iter();
                         continue;
                     }

@@ -78,8 +78,11 @@ impl TestDriver {
     pub fn app_on(broker: &str, id: &str) -> App {
         let mut builder = App::builder(id).broker(broker).commit_interval(Duration::from_millis(50)).without_web();
         if !broker.starts_with("memory://") {
-            // Tests await sends one by one: do not hold them for batching.
-            builder = builder.topic_prefix(format!("test-{}-", unique())).kafka("linger.ms", "0");
+            // Tests await sends one by one: hold neither sends nor fetches for batching.
+            builder = builder
+                .topic_prefix(format!("test-{}-", unique()))
+                .kafka("linger.ms", "0")
+                .kafka("fetch.wait.max.ms", "20");
         }
         match builder.build() {
             Ok(app) => app,

@@ -104,6 +104,8 @@ struct Shared {
     /// Each agent's name, source topic and counters, for the metrics.
     agent_stats: Vec<(String, String, Arc<crate::agent::AgentStats>)>,
     ready: AtomicBool,
+    /// Partitions paused because an agent is behind.
+    paused: std::sync::atomic::AtomicUsize,
     failure: Mutex<Option<Error>>,
     stop: watch::Sender<bool>,
 }
@@ -175,6 +177,10 @@ impl WorkerProbe for Shared {
     fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
+
+    fn paused(&self) -> usize {
+        self.paused.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(feature = "web")]
@@ -244,6 +250,7 @@ impl Worker {
             agent_stats,
             // With nothing to consume there is no assignment to wait for.
             ready: AtomicBool::new(topics.is_empty()),
+            paused: Default::default(),
             failure: Mutex::default(),
             stop,
         });
@@ -312,6 +319,11 @@ impl Worker {
     /// The counters of an agent.
     pub fn agent_stats(&self, name: &str) -> Option<Arc<crate::agent::AgentStats>> {
         self.agents.iter().find(|a| a.name == name).map(|a| a.stats.clone())
+    }
+
+    /// How many partitions are paused because an agent is behind.
+    pub fn paused_partitions(&self) -> usize {
+        self.shared.paused.load(Ordering::Relaxed)
     }
 
     /// Commits what is done now, without waiting for the interval, and
@@ -579,6 +591,7 @@ impl Dispatcher {
                     }
                 }
                 drop(commits);
+                self.count_paused();
                 let _ = done.send(());
             }
             ConsumerEvent::Messages(batch) => self.dispatch(batch),
@@ -593,7 +606,9 @@ impl Dispatcher {
         let mut outgoing: Vec<(Arc<str>, usize, Vec<Vec<Delivery>>)> = Vec::new();
         let mut iter = batch.into_iter().peekable();
         while let Some(first) = iter.next() {
-            let mut run = vec![first];
+            // Most batches are one long run: size for the rest of the batch.
+            let mut run = Vec::with_capacity(iter.len() + 1);
+            run.push(first);
             while let Some(next) = iter.peek() {
                 if Arc::ptr_eq(&next.topic, &run[0].topic) && next.partition == run[0].partition {
                     run.extend(iter.next());
@@ -617,7 +632,8 @@ impl Dispatcher {
                 let slot = match outgoing.iter().position(|(t, rr, _)| *rr == r && Arc::ptr_eq(t, &topic)) {
                     Some(i) => i,
                     None => {
-                        outgoing.push((topic.clone(), r, (0..n).map(|_| Vec::new()).collect()));
+                        let expected = if n == 1 { messages.len() } else { messages.len() / n + 1 };
+                        outgoing.push((topic.clone(), r, (0..n).map(|_| Vec::with_capacity(expected)).collect()));
                         outgoing.len() - 1
                     }
                 };
@@ -631,7 +647,7 @@ impl Dispatcher {
         for (topic, r, per_instance) in outgoing {
             for (instance, deliveries) in per_instance.into_iter().enumerate() {
                 if !deliveries.is_empty() {
-                    self.deliver((topic.clone(), r, instance), deliveries);
+                    self.deliver(&(topic.clone(), r, instance), deliveries);
                 }
             }
         }
@@ -639,7 +655,7 @@ impl Dispatcher {
 
     /// Hands a batch to an instance, or parks it (and pauses its partitions)
     /// when the instance's inbox is full.
-    fn deliver(&mut self, slot: Slot, deliveries: Vec<Delivery>) {
+    fn deliver(&mut self, slot: &Slot, deliveries: Vec<Delivery>) {
         let Some(route) = self.routes.get_mut(&slot.0).and_then(|routes| routes.get_mut(slot.1)) else { return };
         let parked = &mut route.parked[slot.2];
         let deliveries = if parked.is_empty() {
@@ -652,7 +668,7 @@ impl Dispatcher {
                 }
                 Err(mpsc::error::TrySendError::Full(deliveries)) => {
                     let sender = route.senders[slot.2].clone();
-                    let key = slot.clone();
+                    let key: Slot = slot.clone();
                     self.waiting.push(Box::pin(async move { (key, sender.reserve_owned().await.ok()) }));
                     deliveries
                 }
@@ -675,7 +691,13 @@ impl Dispatcher {
         if !fresh.is_empty() {
             tracing::debug!(partitions = %list(&fresh), "an agent is behind: pausing");
             self.shared.control.pause(&fresh);
+            self.count_paused();
         }
+    }
+
+    fn count_paused(&self) {
+        let paused: HashSet<&TopicPartition> = self.held.values().flatten().collect();
+        self.shared.paused.store(paused.len(), Ordering::Relaxed);
     }
 
     /// An instance has room: hands it its oldest parked batch; once none is
@@ -703,6 +725,7 @@ impl Dispatcher {
             tracing::debug!(partitions = %list(&resume), "agent caught up: resuming");
             self.shared.control.resume(&resume);
         }
+        self.count_paused();
     }
 }
 

@@ -109,7 +109,7 @@ impl KafkaTransport {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             // Partition end offsets for the lag metric come with the statistics.
-            .set("statistics.interval.ms", "5000");
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &self.properties {
             c.set(k, v);
         }
@@ -597,5 +597,23 @@ impl ConsumerControl for KafkaConsumer {
 
     fn close(&self) {
         self.ctx.closing.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::App;
+
+    #[test]
+    fn librdkafka_properties_come_from_the_configuration() {
+        // Clients connect lazily: building needs no broker, but librdkafka
+        // checks every property.
+        let app = App::builder("props").broker("kafka://127.0.0.1:1").kafka("session.timeout.ms", "6000").build();
+        assert!(app.is_ok(), "{:?}", app.err());
+        let err = App::builder("props").broker("kafka://127.0.0.1:1").kafka("no.such.property", "1").build();
+        let err = err.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("No such configuration property: \"no.such.property\""), "{err}");
+        let err = App::builder("props").broker("kafka://").build().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("kafka:// needs at least one host:port"), "{err}");
     }
 }
