@@ -40,13 +40,28 @@ struct Route {
     trackers: HashMap<i32, Arc<PartitionTracker>>,
     /// Per instance, the batches its full inbox could not take yet, in order.
     parked: Vec<VecDeque<Vec<Delivery>>>,
+    /// Per instance, the key and value bytes of its parked batches.
+    parked_bytes: Vec<usize>,
 }
 
 impl Route {
     fn new(agent: usize, senders: Vec<mpsc::Sender<Vec<Delivery>>>) -> Route {
         let parked = senders.iter().map(|_| VecDeque::new()).collect();
-        Route { agent, senders, trackers: HashMap::new(), parked }
+        let parked_bytes = vec![0; senders.len()];
+        Route { agent, senders, trackers: HashMap::new(), parked, parked_bytes }
     }
+}
+
+/// Parked batches (or bytes) of one instance at which its partitions are paused.
+const PAUSE_AT: usize = 32;
+const PAUSE_AT_BYTES: usize = 16 << 20;
+/// Parked batches (and bytes) of a paused instance at which its partitions are resumed.
+const RESUME_AT: usize = 8;
+const RESUME_AT_BYTES: usize = 4 << 20;
+
+/// The key and value bytes of a batch.
+fn batch_bytes(batch: &[Delivery]) -> usize {
+    batch.iter().map(|d| d.raw.key.as_ref().map_or(0, |k| k.len()) + d.raw.value.as_ref().map_or(0, |v| v.len())).sum()
 }
 
 /// An instance of a route: (topic, route index, instance index).
@@ -591,6 +606,7 @@ impl Dispatcher {
                     }
                 }
                 drop(commits);
+                self.held.retain(|_, held| !held.is_empty());
                 self.count_paused();
                 let _ = done.send(());
             }
@@ -676,18 +692,29 @@ impl Dispatcher {
         } else {
             deliveries
         };
-        let mut fresh: Vec<TopicPartition> = Vec::new();
+        let bytes = &mut route.parked_bytes[slot.2];
+        *bytes += batch_bytes(&deliveries);
+        let bytes = *bytes;
+        parked.push_back(deliveries);
+        // Pause only once a backlog has built up, and then every partition in
+        // it (also those that arrive later): librdkafka drops what it had
+        // prefetched for a paused partition and fetches it again on resume, so
+        // pausing at the first full inbox would cost a refetch for every
+        // hiccup of the agent.
+        let paused = self.held.contains_key(slot);
+        if !paused && parked.len() < PAUSE_AT && bytes < PAUSE_AT_BYTES {
+            return;
+        }
         let held = self.held.entry(slot.clone()).or_default();
-        for d in &deliveries {
-            if d.raw.topic != slot.0 || held.iter().all(|tp| tp.partition != d.raw.partition || tp.topic != d.raw.topic)
-            {
+        let candidates = if paused { parked.back().into_iter().collect::<Vec<_>>() } else { parked.iter().collect() };
+        let mut fresh: Vec<TopicPartition> = Vec::new();
+        for d in candidates.into_iter().flatten() {
+            if !held.iter().any(|tp| tp.partition == d.raw.partition && tp.topic == d.raw.topic) {
                 let tp = TopicPartition { topic: d.raw.topic.clone(), partition: d.raw.partition };
-                if held.insert(tp.clone()) {
-                    fresh.push(tp);
-                }
+                held.insert(tp.clone());
+                fresh.push(tp);
             }
         }
-        parked.push_back(deliveries);
         if !fresh.is_empty() {
             tracing::debug!(partitions = %list(&fresh), "an agent is behind: pausing");
             self.shared.control.pause(&fresh);
@@ -700,29 +727,39 @@ impl Dispatcher {
         self.shared.paused.store(paused.len(), Ordering::Relaxed);
     }
 
-    /// An instance has room: hands it its oldest parked batch; once none is
-    /// left, resumes the partitions no other instance holds paused.
+    /// An instance has room: hands it its oldest parked batch. Once the
+    /// backlog is down to [`RESUME_AT`] batches, resumes the partitions no
+    /// other instance holds paused, early enough that the refetch overlaps
+    /// with the rest of the backlog.
     fn unpark(&mut self, (slot, permit): Permit) {
         let Some(route) = self.routes.get_mut(&slot.0).and_then(|routes| routes.get_mut(slot.1)) else { return };
         let parked = &mut route.parked[slot.2];
         match permit {
             Some(permit) => {
                 if let Some(batch) = parked.pop_front() {
+                    route.parked_bytes[slot.2] -= batch_bytes(&batch);
                     permit.send(batch);
                 }
             }
-            None => parked.clear(),
+            None => {
+                parked.clear();
+                route.parked_bytes[slot.2] = 0;
+            }
         }
-        if !parked.is_empty() {
+        let left = parked.len();
+        if left > 0 {
             let sender = route.senders[slot.2].clone();
-            self.waiting.push(Box::pin(async move { (slot, sender.reserve_owned().await.ok()) }));
+            let key = slot.clone();
+            self.waiting.push(Box::pin(async move { (key, sender.reserve_owned().await.ok()) }));
+        }
+        if left > RESUME_AT || route.parked_bytes[slot.2] > RESUME_AT_BYTES {
             return;
         }
         let Some(released) = self.held.remove(&slot) else { return };
         let resume: Vec<TopicPartition> =
             released.into_iter().filter(|tp| self.held.values().all(|h| !h.contains(tp))).collect();
         if !resume.is_empty() {
-            tracing::debug!(partitions = %list(&resume), "agent caught up: resuming");
+            tracing::debug!(partitions = %list(&resume), "agent catching up: resuming");
             self.shared.control.resume(&resume);
         }
         self.count_paused();

@@ -61,12 +61,13 @@ async fn a_stuck_agent_pauses_its_partitions_and_the_others_go_on(env: Env) {
         }
     });
     let driver = TestDriver::start(&app).await.unwrap();
-    // Many small arrivals: more batches than the stuck agent's inbox holds.
-    for round in 0..30u32 {
-        for i in 0..5 {
-            driver.send(&slow_in, None, &(round * 5 + i)).await.unwrap();
+    // Many small arrivals: more batches than the stuck agent's inbox holds,
+    // and enough parked beyond it that the worker pauses.
+    for round in 0..100u32 {
+        for i in 0..3 {
+            driver.send(&slow_in, None, &(round * 3 + i)).await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     driver
         .wait_until(WAIT, async |d| Ok(d.worker().unwrap().paused_partitions() > 0))
@@ -80,7 +81,7 @@ async fn a_stuck_agent_pauses_its_partitions_and_the_others_go_on(env: Env) {
     driver.wait_until(WAIT, async |d| d.caught_up("fast-in").await).await.expect("the quick agent commits");
 
     gate.send_replace(true);
-    driver.wait_until(WAIT, async |_| Ok(slow_done.load(Ordering::SeqCst) == 150)).await.unwrap();
+    driver.wait_until(WAIT, async |_| Ok(slow_done.load(Ordering::SeqCst) == 300)).await.unwrap();
     driver.wait_until(WAIT, async |d| Ok(d.worker().unwrap().paused_partitions() == 0)).await.expect("resumed");
     driver.wait_until(WAIT, async |d| d.caught_up("slow-in").await).await.unwrap();
     driver.stop().await.unwrap();

@@ -204,9 +204,11 @@ fn raw_loop(servers: &str, input: &str, output: &str, group: &str, n: usize) -> 
             last_commit = Instant::now();
         }
     }
-    p.flush(Duration::from_secs(60))?;
-    consumer.commit_consumer_state(CommitMode::Sync).ok();
     let (t0, c0) = started.ok_or("the raw loop read nothing")?;
+    let handled = t0.elapsed();
+    p.flush(Duration::from_secs(60))?;
+    eprintln!("raw: handled all in {handled:?}, acknowledged all in {:?}", t0.elapsed());
+    consumer.commit_consumer_state(CommitMode::Sync).ok();
     Ok(Measure { messages: seen, elapsed: t0.elapsed(), cpu: cpu_time() - c0 })
 }
 
@@ -238,8 +240,10 @@ async fn strom_relay(servers: &str, prefix: &str, n: usize) -> Res<Measure> {
             );
         }
     }
+    let handled = t0.elapsed();
     // Done means acknowledged by the broker.
     app.flush(Duration::from_secs(60)).await?;
+    eprintln!("relay: handled all in {handled:?}, acknowledged all in {:?}", t0.elapsed());
     let measure = Measure { messages: n, elapsed: t0.elapsed(), cpu: cpu_time() - c0 };
     worker.stop().await?;
     Ok(measure)
