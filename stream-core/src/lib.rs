@@ -57,6 +57,7 @@ mod error;
 mod event;
 pub mod metrics;
 pub mod record;
+pub mod store;
 mod stream;
 pub mod testing;
 mod timer;
