@@ -216,35 +216,28 @@ fn counter(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: u
     c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
+fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
 impl Collector for WorkerCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let acked = self.sends.acked_below();
         counter(&mut encoder, "messages_produced", "Messages produced and acknowledged by the broker", acked)?;
-        let in_flight = ConstGauge::new(self.sends.issued().saturating_sub(acked) as i64);
-        in_flight.encode(encoder.encode_descriptor(
-            "messages_in_flight",
-            "Messages produced and not yet acknowledged",
-            None,
-            in_flight.metric_type(),
-        )?)?;
+        let in_flight = self.sends.issued().saturating_sub(acked) as i64;
+        gauge(&mut encoder, "messages_in_flight", "Messages produced and not yet acknowledged", in_flight)?;
         let probe = lock(&self.probe).clone();
         let Some(probe) = probe else { return Ok(()) };
-        let ready = ConstGauge::new(i64::from(probe.ready()));
-        ready.encode(encoder.encode_descriptor(
-            "ready",
-            "1 once the worker had its first assignment",
-            None,
-            ready.metric_type(),
-        )?)?;
-        let paused = ConstGauge::new(probe.paused() as i64);
-        paused.encode(encoder.encode_descriptor(
-            "paused_partitions",
-            "Partitions paused because an agent is behind",
-            None,
-            paused.metric_type(),
-        )?)?;
+        gauge(&mut encoder, "ready", "1 once the worker had its first assignment", i64::from(probe.ready()))?;
+        let paused = probe.paused() as i64;
+        gauge(&mut encoder, "paused_partitions", "Partitions paused because an agent is behind", paused)?;
 
-        let agents = probe.agents();
+        let agents: Vec<(AgentTopicLabels, Arc<AgentStats>)> = probe
+            .agents()
+            .into_iter()
+            .map(|(agent, topic, stats)| (AgentTopicLabels { agent, topic }, stats))
+            .collect();
         type Field = fn(&AgentStats) -> &std::sync::atomic::AtomicU64;
         let families: [(&str, &str, Field); 5] = [
             ("events_received", "Events read by an agent", |s| &s.received),
@@ -256,10 +249,9 @@ impl Collector for WorkerCollector {
         for (name, help, field) in families {
             let mut family =
                 encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
-            for (agent, topic, stats) in &agents {
-                let labels = AgentTopicLabels { agent: agent.clone(), topic: topic.clone() };
+            for (labels, stats) in &agents {
                 let c = ConstCounter::new(field(stats).load(Ordering::Relaxed));
-                c.encode(family.encode_family(&labels)?)?;
+                c.encode(family.encode_family(labels)?)?;
             }
         }
 
@@ -270,9 +262,8 @@ impl Collector for WorkerCollector {
                 None,
                 prometheus_client::metrics::MetricType::Histogram,
             )?;
-            for (agent, topic, stats) in &agents {
-                let labels = AgentTopicLabels { agent: agent.clone(), topic: topic.clone() };
-                stats.latency.encode(&mut latency.encode_family(&labels)?)?;
+            for (labels, stats) in &agents {
+                stats.latency.encode(&mut latency.encode_family(labels)?)?;
             }
         }
 

@@ -38,17 +38,40 @@ struct Route {
     agent: usize,
     senders: Vec<mpsc::Sender<Vec<Delivery>>>,
     trackers: HashMap<i32, Arc<PartitionTracker>>,
-    /// Per instance, the batches its full inbox could not take yet, in order.
-    parked: Vec<VecDeque<Vec<Delivery>>>,
-    /// Per instance, the key and value bytes of its parked batches.
-    parked_bytes: Vec<usize>,
+    /// Per instance, what its full inbox could not take yet.
+    parked: Vec<Parked>,
 }
 
 impl Route {
     fn new(agent: usize, senders: Vec<mpsc::Sender<Vec<Delivery>>>) -> Route {
-        let parked = senders.iter().map(|_| VecDeque::new()).collect();
-        let parked_bytes = vec![0; senders.len()];
-        Route { agent, senders, trackers: HashMap::new(), parked, parked_bytes }
+        let parked = senders.iter().map(|_| Parked::default()).collect();
+        Route { agent, senders, trackers: HashMap::new(), parked }
+    }
+}
+
+/// Batches an instance's full inbox could not take yet, in order.
+#[derive(Default)]
+struct Parked {
+    batches: VecDeque<Vec<Delivery>>,
+    /// The key and value bytes of `batches`.
+    bytes: usize,
+}
+
+impl Parked {
+    fn push(&mut self, batch: Vec<Delivery>) {
+        self.bytes += batch_bytes(&batch);
+        self.batches.push_back(batch);
+    }
+
+    fn pop(&mut self) -> Option<Vec<Delivery>> {
+        let batch = self.batches.pop_front()?;
+        self.bytes -= batch_bytes(&batch);
+        Some(batch)
+    }
+
+    fn clear(&mut self) {
+        self.batches.clear();
+        self.bytes = 0;
     }
 }
 
@@ -350,7 +373,7 @@ impl Worker {
     /// Resolves when the worker must stop on its own (an agent stopped, a send
     /// was refused). Used by [`run_until_signal`](Self::run_until_signal).
     pub async fn stopped(&mut self) {
-        let _ = self.stop_rx.wait_for(|s| *s).await;
+        stopped(&mut self.stop_rx).await;
     }
 
     /// Waits for SIGINT or SIGTERM (or a failure), then stops gracefully.
@@ -674,7 +697,7 @@ impl Dispatcher {
     fn deliver(&mut self, slot: &Slot, deliveries: Vec<Delivery>) {
         let Some(route) = self.routes.get_mut(&slot.0).and_then(|routes| routes.get_mut(slot.1)) else { return };
         let parked = &mut route.parked[slot.2];
-        let deliveries = if parked.is_empty() {
+        let deliveries = if parked.batches.is_empty() {
             match route.senders[slot.2].try_send(deliveries) {
                 Ok(()) => return,
                 Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -683,35 +706,30 @@ impl Dispatcher {
                     return;
                 }
                 Err(mpsc::error::TrySendError::Full(deliveries)) => {
-                    let sender = route.senders[slot.2].clone();
-                    let key: Slot = slot.clone();
-                    self.waiting.push(Box::pin(async move { (key, sender.reserve_owned().await.ok()) }));
+                    Self::wait_for_room(&self.waiting, slot, &route.senders[slot.2]);
                     deliveries
                 }
             }
         } else {
             deliveries
         };
-        let bytes = &mut route.parked_bytes[slot.2];
-        *bytes += batch_bytes(&deliveries);
-        let bytes = *bytes;
-        parked.push_back(deliveries);
+        parked.push(deliveries);
         // Pause only once a backlog has built up, and then every partition in
         // it (also those that arrive later): librdkafka drops what it had
         // prefetched for a paused partition and fetches it again on resume, so
         // pausing at the first full inbox would cost a refetch for every
         // hiccup of the agent.
         let paused = self.held.contains_key(slot);
-        if !paused && parked.len() < PAUSE_AT && bytes < PAUSE_AT_BYTES {
+        if !paused && parked.batches.len() < PAUSE_AT && parked.bytes < PAUSE_AT_BYTES {
             return;
         }
         let held = self.held.entry(slot.clone()).or_default();
-        let candidates = if paused { parked.back().into_iter().collect::<Vec<_>>() } else { parked.iter().collect() };
+        // Once paused, only the batch just parked can bring new partitions.
+        let newly = if paused { parked.batches.len() - 1 } else { 0 };
         let mut fresh: Vec<TopicPartition> = Vec::new();
-        for d in candidates.into_iter().flatten() {
-            if !held.iter().any(|tp| tp.partition == d.raw.partition && tp.topic == d.raw.topic) {
-                let tp = TopicPartition { topic: d.raw.topic.clone(), partition: d.raw.partition };
-                held.insert(tp.clone());
+        for d in parked.batches.iter().skip(newly).flatten() {
+            let tp = TopicPartition { topic: d.raw.topic.clone(), partition: d.raw.partition };
+            if held.insert(tp.clone()) {
                 fresh.push(tp);
             }
         }
@@ -720,6 +738,16 @@ impl Dispatcher {
             self.shared.control.pause(&fresh);
             self.count_paused();
         }
+    }
+
+    /// Lets the dispatcher know when the instance's inbox has room.
+    fn wait_for_room(
+        waiting: &FuturesUnordered<Pin<Box<dyn Future<Output = Permit> + Send>>>,
+        slot: &Slot,
+        sender: &mpsc::Sender<Vec<Delivery>>,
+    ) {
+        let (slot, sender) = (slot.clone(), sender.clone());
+        waiting.push(Box::pin(async move { (slot, sender.reserve_owned().await.ok()) }));
     }
 
     fn count_paused(&self) {
@@ -736,23 +764,16 @@ impl Dispatcher {
         let parked = &mut route.parked[slot.2];
         match permit {
             Some(permit) => {
-                if let Some(batch) = parked.pop_front() {
-                    route.parked_bytes[slot.2] -= batch_bytes(&batch);
+                if let Some(batch) = parked.pop() {
                     permit.send(batch);
                 }
             }
-            None => {
-                parked.clear();
-                route.parked_bytes[slot.2] = 0;
-            }
+            None => parked.clear(),
         }
-        let left = parked.len();
-        if left > 0 {
-            let sender = route.senders[slot.2].clone();
-            let key = slot.clone();
-            self.waiting.push(Box::pin(async move { (key, sender.reserve_owned().await.ok()) }));
+        if !parked.batches.is_empty() {
+            Self::wait_for_room(&self.waiting, &slot, &route.senders[slot.2]);
         }
-        if left > RESUME_AT || route.parked_bytes[slot.2] > RESUME_AT_BYTES {
+        if parked.batches.len() > RESUME_AT || parked.bytes > RESUME_AT_BYTES {
             return;
         }
         let Some(released) = self.held.remove(&slot) else { return };

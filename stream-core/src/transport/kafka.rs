@@ -63,20 +63,9 @@ impl KafkaTransport {
         if servers.trim().is_empty() {
             return Err(Error::Config("kafka:// needs at least one host:port".into()));
         }
-        let transport_props = config.kafka.clone();
-        let base = |defaults: &[(&str, &str)]| {
-            let mut c = ClientConfig::new();
-            c.set("bootstrap.servers", servers);
-            c.set("client.id", format!("strom-{}", config.id));
-            for (k, v) in defaults {
-                c.set(*k, *v);
-            }
-            for (k, v) in &transport_props {
-                c.set(k, v);
-            }
-            c.set_log_level(log_level(&transport_props));
-            c
-        };
+        let properties = config.kafka.clone();
+        let client_id = format!("strom-{}", config.id);
+        let base = |defaults: &[(&str, &str)]| client_config(servers, &client_id, defaults, &properties);
         let producer: ThreadedProducer<ProducerCtx> = base(&[
             // Place keys where the Java clients (and the memory transport) do.
             ("partitioner", "murmur2_random"),
@@ -92,7 +81,7 @@ impl KafkaTransport {
             .map_err(|e| Error::Config(format!("Kafka consumer: {e}")))?;
         Ok(KafkaTransport {
             servers: servers.to_owned(),
-            properties: transport_props,
+            properties,
             revoke_timeout: config.shutdown_timeout,
             producer: Arc::new(KafkaProducer { producer }),
             admin,
@@ -101,20 +90,15 @@ impl KafkaTransport {
     }
 
     fn consumer_config(&self, group: &str) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.servers)
-            .set("group.id", group)
-            .set("client.id", format!("strom-{group}"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
+        let defaults = [
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
             // Partition end offsets for the lag metric come with the statistics.
-            .set("statistics.interval.ms", "1000");
-        for (k, v) in &self.properties {
-            c.set(k, v);
-        }
-        c.set_log_level(log_level(&self.properties));
-        c
+            ("statistics.interval.ms", "1000"),
+        ];
+        client_config(&self.servers, &format!("strom-{group}"), &defaults, &self.properties)
     }
 
     /// Partition counts of the topics that exist, by name.
@@ -137,6 +121,26 @@ impl KafkaTransport {
         })
         .await
     }
+}
+
+/// A client's configuration: Strom's `defaults`, then the app's librdkafka
+/// properties over them.
+fn client_config(
+    servers: &str,
+    client_id: &str,
+    defaults: &[(&str, &str)],
+    properties: &BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", servers).set("client.id", client_id);
+    for (k, v) in defaults {
+        c.set(*k, *v);
+    }
+    for (k, v) in properties {
+        c.set(k, v);
+    }
+    c.set_log_level(log_level(properties));
+    c
 }
 
 /// librdkafka's warnings and errors; everything when its `debug` property
