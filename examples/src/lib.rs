@@ -6,3 +6,4 @@
 pub mod dlq;
 pub mod hello;
 pub mod relay;
+pub mod wordcount;

@@ -12,6 +12,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::metrics::Metrics;
 use crate::record::Payload;
 use crate::stream::EventStream;
+use crate::table::{Table, TableCore};
 use crate::timer::{Schedule, TimerDef};
 use crate::topic::{Topic, TopicInfo};
 use crate::tracking::{SendTracker, lock};
@@ -43,6 +44,19 @@ pub struct AppConfig {
     pub replication: i16,
     /// librdkafka properties from `STROM_KAFKA_*`, lower-cased and dotted.
     pub kafka: BTreeMap<String, String>,
+    /// Where tables keep their partitions on the worker.
+    pub table_store: TableStore,
+}
+
+/// Where tables keep their partitions on the worker (`STROM_TABLE_STORE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TableStore {
+    /// sled, under `<state dir>/tables`: a restart replays only the changelog
+    /// written since the last checkpoint (`sled`, the default).
+    #[default]
+    Sled,
+    /// In memory: every start rebuilds the tables from their changelogs (`memory`).
+    Memory,
 }
 
 impl AppConfig {
@@ -61,13 +75,15 @@ impl AppConfig {
             default_partitions: 1,
             replication: 1,
             kafka: BTreeMap::new(),
+            table_store: TableStore::Sled,
         }
     }
 
     /// Applies the environment: `STROM_BROKER`, `STROM_STATE_DIR`,
     /// `STROM_WEB_PORT` (a number, or `off`), `STROM_TOPIC_PREFIX`,
     /// `STROM_COMMIT_INTERVAL_MS`, `STROM_SHUTDOWN_TIMEOUT_MS`,
-    /// `STROM_REPLICATION` and every `STROM_KAFKA_<PROPERTY>`.
+    /// `STROM_REPLICATION`, `STROM_TABLE_STORE` (`sled` or `memory`) and every
+    /// `STROM_KAFKA_<PROPERTY>`.
     pub fn apply_env(mut self) -> Result<Self> {
         self.apply_vars(std::env::vars())?;
         Ok(self)
@@ -87,6 +103,13 @@ impl AppConfig {
                 "STROM_COMMIT_INTERVAL_MS" => self.commit_interval = Duration::from_millis(parse(&name, &value)?),
                 "STROM_SHUTDOWN_TIMEOUT_MS" => self.shutdown_timeout = Duration::from_millis(parse(&name, &value)?),
                 "STROM_REPLICATION" => self.replication = parse(&name, &value)?,
+                "STROM_TABLE_STORE" => {
+                    self.table_store = match value.trim() {
+                        "sled" => TableStore::Sled,
+                        "memory" => TableStore::Memory,
+                        _ => return Err(Error::Config(format!("{name}={value:?}: expected sled or memory"))),
+                    }
+                }
                 _ => {
                     if let Some(prop) = name.strip_prefix("STROM_KAFKA_") {
                         self.kafka.insert(prop.to_ascii_lowercase().replace('_', "."), value);
@@ -105,6 +128,18 @@ impl AppConfig {
     /// The full name of a topic the app calls `name`.
     pub fn topic_name(&self, name: &str) -> String {
         format!("{}{name}", self.topic_prefix)
+    }
+}
+
+/// A topic a table can be co-partitioned with (any [`Topic`]).
+pub trait CoPartitioned {
+    /// The topic's full name.
+    fn topic_name(&self) -> &Arc<str>;
+}
+
+impl<K, V> CoPartitioned for Topic<K, V> {
+    fn topic_name(&self) -> &Arc<str> {
+        self.name_arc()
     }
 }
 
@@ -174,6 +209,12 @@ impl AppBuilder {
         self
     }
 
+    /// Sets where tables keep their partitions.
+    pub fn table_store(mut self, store: TableStore) -> Self {
+        self.config.table_store = store;
+        self
+    }
+
     /// Sets the partition count of topics declared without one.
     pub fn default_partitions(mut self, partitions: i32) -> Self {
         self.config.default_partitions = partitions;
@@ -205,6 +246,7 @@ pub(crate) struct AppCore {
     pub(crate) producer: Arc<dyn Producer>,
     pub(crate) sends: Arc<SendTracker>,
     pub(crate) topics: Mutex<BTreeMap<String, TopicInfo>>,
+    pub(crate) tables: Mutex<Vec<Arc<TableCore>>>,
     pub(crate) metrics: Metrics,
 }
 
@@ -263,7 +305,15 @@ impl App {
         let producer = transport.producer();
         let metrics = Metrics::new(sends.clone());
         Ok(App {
-            core: Arc::new(AppCore { config, transport, producer, sends, topics: Mutex::default(), metrics }),
+            core: Arc::new(AppCore {
+                config,
+                transport,
+                producer,
+                sends,
+                topics: Mutex::default(),
+                tables: Mutex::default(),
+                metrics,
+            }),
             agents: Arc::default(),
             timers: Arc::default(),
         })
@@ -289,6 +339,14 @@ impl App {
     /// The name gets the app's [topic prefix](AppConfig::topic_prefix).
     pub fn topic<K: Payload, V: Payload>(&self, name: &str) -> Topic<K, V> {
         Topic::declare(self.core.clone(), &self.core.config.topic_name(name))
+    }
+
+    /// Declares a table, co-partitioned with `topic`: the topic whose events
+    /// update it, and whose partitions decide where the table's partitions
+    /// live. Its changelog topic `<app id>-<name>-changelog` is created when
+    /// the worker starts. See [`Table`](crate::Table).
+    pub fn table<K: Payload, V: Payload>(&self, name: &str, topic: &impl CoPartitioned) -> Table<K, V> {
+        Table::declare(&self.core, name, topic.topic_name().clone())
     }
 
     /// Declares an agent: `handler` is called with the stream of events of
@@ -359,6 +417,10 @@ impl App {
                 specs.entry(dlq.clone()).or_insert(crate::transport::TopicSpec { name: dlq, ..spec });
             }
         }
+        for table in lock(&self.core.tables).iter() {
+            let spec = table.changelog_spec();
+            specs.insert(spec.name.clone(), spec);
+        }
         specs.into_values().collect()
     }
 
@@ -405,6 +467,7 @@ mod tests {
                 ("STROM_COMMIT_INTERVAL_MS", "250"),
                 ("STROM_KAFKA_SESSION_TIMEOUT_MS", "6000"),
                 ("STROM_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                ("STROM_TABLE_STORE", "memory"),
                 ("UNRELATED", "1"),
             ]
             .into_iter()
@@ -417,6 +480,7 @@ mod tests {
         assert_eq!(c.kafka.get("session.timeout.ms").map(String::as_str), Some("6000"));
         assert_eq!(c.kafka.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
         assert_eq!(c.state_dir, PathBuf::from("state/svc"));
+        assert_eq!(c.table_store, TableStore::Memory);
     }
 
     #[test]

@@ -95,6 +95,16 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A table cannot do what was asked (a partition this worker does not
+    /// serve, a partition count that does not match its topic, a stored
+    /// value that no longer decodes).
+    #[error("table {table}: {reason}")]
+    Table {
+        /// The table's name.
+        table: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The application was used in a way that cannot work (e.g. a topic
     /// declared twice with different settings).
     #[error("{0}")]

@@ -48,7 +48,33 @@ impl AckGuard {
 #[derive(Debug)]
 enum Source {
     Delivered(AckGuard),
-    Detached { topic: Arc<str>, partition: i32, offset: i64, timestamp_ms: Option<i64>, headers: Headers },
+    /// One delivery split into several events (`flat_map`): released when
+    /// the last of them is dropped.
+    Shared(Arc<AckGuard>),
+    Detached {
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: Option<i64>,
+        headers: Headers,
+    },
+}
+
+impl Source {
+    /// A source for one more event of a split delivery.
+    fn share(&self) -> Option<Source> {
+        match self {
+            Source::Delivered(_) => None,
+            Source::Shared(guard) => Some(Source::Shared(guard.clone())),
+            Source::Detached { topic, partition, offset, timestamp_ms, headers } => Some(Source::Detached {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                timestamp_ms: *timestamp_ms,
+                headers: headers.clone(),
+            }),
+        }
+    }
 }
 
 /// An event: a message of a topic, decoded, with where it came from.
@@ -86,6 +112,7 @@ impl<K, V> Event<K, V> {
     fn raw(&self) -> Option<&RawMessage> {
         match &self.source {
             Source::Delivered(guard) => guard.delivery.as_deref().map(|d| &d.raw),
+            Source::Shared(guard) => guard.delivery.as_deref().map(|d| &d.raw),
             Source::Detached { .. } => None,
         }
     }
@@ -115,7 +142,7 @@ impl<K, V> Event<K, V> {
     pub fn topic(&self) -> &str {
         match &self.source {
             Source::Detached { topic, .. } => topic,
-            Source::Delivered(_) => self.raw().map_or("", |r| &r.topic),
+            Source::Delivered(_) | Source::Shared(_) => self.raw().map_or("", |r| &r.topic),
         }
     }
 
@@ -123,7 +150,7 @@ impl<K, V> Event<K, V> {
     pub fn partition(&self) -> i32 {
         match &self.source {
             Source::Detached { partition, .. } => *partition,
-            Source::Delivered(_) => self.raw().map_or(0, |r| r.partition),
+            Source::Delivered(_) | Source::Shared(_) => self.raw().map_or(0, |r| r.partition),
         }
     }
 
@@ -131,7 +158,7 @@ impl<K, V> Event<K, V> {
     pub fn offset(&self) -> i64 {
         match &self.source {
             Source::Detached { offset, .. } => *offset,
-            Source::Delivered(_) => self.raw().map_or(-1, |r| r.offset),
+            Source::Delivered(_) | Source::Shared(_) => self.raw().map_or(-1, |r| r.offset),
         }
     }
 
@@ -139,7 +166,7 @@ impl<K, V> Event<K, V> {
     pub fn timestamp_ms(&self) -> Option<i64> {
         match &self.source {
             Source::Detached { timestamp_ms, .. } => *timestamp_ms,
-            Source::Delivered(_) => self.raw().and_then(|r| r.timestamp_ms),
+            Source::Delivered(_) | Source::Shared(_) => self.raw().and_then(|r| r.timestamp_ms),
         }
     }
 
@@ -147,7 +174,7 @@ impl<K, V> Event<K, V> {
     pub fn headers(&self) -> &[(String, Bytes)] {
         match &self.source {
             Source::Detached { headers, .. } => headers,
-            Source::Delivered(_) => self.raw().map_or(&[], |r| r.headers.as_slice()),
+            Source::Delivered(_) | Source::Shared(_) => self.raw().map_or(&[], |r| r.headers.as_slice()),
         }
     }
 
@@ -168,9 +195,35 @@ impl<K, V> Event<K, V> {
 
     /// Marks a delivered event done now (internal forwarding).
     pub(crate) fn confirm_now(self) {
-        if let Source::Delivered(guard) = self.source {
-            guard.confirm_now();
+        match self.source {
+            Source::Delivered(guard) => guard.confirm_now(),
+            // The last event of a split delivery confirms it.
+            Source::Shared(guard) => {
+                if let Ok(guard) = Arc::try_unwrap(guard) {
+                    guard.confirm_now();
+                }
+            }
+            Source::Detached { .. } => {}
         }
+    }
+
+    /// Splits the event into one event per value, with its key and origin.
+    /// The delivery is done when all of them are; with no values, at once.
+    pub(crate) fn split<U>(self, values: impl IntoIterator<Item = U>) -> Vec<Event<K, U>>
+    where
+        K: Clone,
+    {
+        let source = match self.source {
+            Source::Delivered(guard) => Source::Shared(Arc::new(guard)),
+            other => other,
+        };
+        let mut out: Vec<Event<K, U>> = Vec::new();
+        for value in values {
+            if let Some(source) = source.share() {
+                out.push(Event { key: self.key.clone(), value, source });
+            }
+        }
+        out
     }
 
     /// Sets where a detached event claims to come from (for tests).

@@ -57,8 +57,8 @@ mod error;
 mod event;
 pub mod metrics;
 pub mod record;
-pub mod store;
 mod stream;
+pub mod table;
 pub mod testing;
 mod timer;
 mod topic;
@@ -69,7 +69,7 @@ mod web;
 mod worker;
 
 pub use agent::{Agent, AgentStats, ErrorPolicy, OnExhausted};
-pub use app::{App, AppBuilder, AppConfig};
+pub use app::{App, AppBuilder, AppConfig, CoPartitioned, TableStore};
 pub use cli::{init_logging, run_command};
 pub use error::{BoxError, Error, Origin, Result};
 pub use event::Event;
@@ -78,6 +78,7 @@ pub use record::{Payload, Record, Schema, ValidationError};
 pub use stream::{Batches, EventStream};
 #[cfg(feature = "derive")]
 pub use stream_macros::Record;
+pub use table::{Table, TablePartition, TableStats};
 pub use topic::{MessageBuilder, Topic};
 pub use tracking::DeliveryReceipt;
 pub use worker::Worker;
@@ -91,6 +92,6 @@ struct ReadmeDoctests;
 
 /// The usual imports: `use stream_core::prelude::*;`.
 pub mod prelude {
-    pub use crate::{App, BoxError, ErrorPolicy, Event, EventStream, Payload, Record, Topic};
+    pub use crate::{App, BoxError, ErrorPolicy, Event, EventStream, Payload, Record, Table, Topic};
     pub use futures::StreamExt;
 }

@@ -24,6 +24,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
 use crate::agent::AgentStats;
+use crate::table::TableStats;
 use crate::tracking::{SendTracker, lock};
 
 /// Labels naming a rebalance kind (`assigned` or `revoked`).
@@ -65,8 +66,12 @@ pub struct Metrics {
     inner: Arc<Inner>,
 }
 
+/// The declared tables' names and counters.
+type TableList = Arc<Mutex<Vec<(String, Arc<TableStats>)>>>;
+
 struct Inner {
     registry: Mutex<Registry>,
+    tables: TableList,
     probe: Arc<Mutex<Option<Arc<dyn WorkerProbe>>>>,
     pub(crate) commits: Counter,
     pub(crate) commit_failures: Counter,
@@ -140,9 +145,12 @@ impl Metrics {
         registry.register("rebalances", "Partition assignments and revocations", rebalances.clone());
         let probe: Arc<Mutex<Option<Arc<dyn WorkerProbe>>>> = Arc::default();
         registry.register_collector(Box::new(WorkerCollector { probe: probe.clone(), sends }));
+        let tables = TableList::default();
+        registry.register_collector(Box::new(TableCollector { tables: tables.clone() }));
         Metrics {
             inner: Arc::new(Inner {
                 registry: Mutex::new(registry),
+                tables,
                 probe,
                 commits,
                 commit_failures,
@@ -175,6 +183,10 @@ impl Metrics {
             tracing::warn!(error = %e, "encoding metrics failed");
         }
         out
+    }
+
+    pub(crate) fn add_table(&self, name: &str, stats: Arc<TableStats>) {
+        lock(&self.inner.tables).push((name.to_owned(), stats));
     }
 
     pub(crate) fn attach(&self, probe: Arc<dyn WorkerProbe>) {
@@ -277,6 +289,74 @@ impl Collector for WorkerCollector {
             if let Some(value) = value {
                 let g = ConstGauge::new(value.max(0));
                 g.encode(lag.encode_family(&PartitionLabels { topic, partition })?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: String,
+}
+
+/// Reads the tables' counters at scrape time.
+struct TableCollector {
+    tables: TableList,
+}
+
+impl std::fmt::Debug for TableCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for TableCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let tables = lock(&self.tables).clone();
+        if tables.is_empty() {
+            return Ok(());
+        }
+        type Count = fn(&TableStats) -> &std::sync::atomic::AtomicU64;
+        let counters: [(&str, &str, Count); 4] = [
+            ("table_changelog_writes", "Table changes written (each also produced to the changelog)", |s| &s.writes),
+            ("table_recovered_records", "Changelog records replayed into the store by recoveries", |s| &s.replayed),
+            ("table_recoveries", "Table partition recoveries finished", |s| &s.recoveries),
+            ("table_rebuilds", "Table partitions rebuilt from the whole changelog", |s| &s.rebuilt),
+        ];
+        for (name, help, value) in counters {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Counter)?;
+            for (table, stats) in &tables {
+                let c = ConstCounter::new(value(stats).load(Ordering::Relaxed));
+                c.encode(family.encode_family(&TableLabels { table: table.clone() })?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "table_recovery_seconds",
+                "Time spent recovering table partitions",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (table, stats) in &tables {
+                let c = ConstCounter::new(stats.recovery_ns.load(Ordering::Relaxed) as f64 / 1e9);
+                c.encode(family.encode_family(&TableLabels { table: table.clone() })?)?;
+            }
+        }
+        type Level = fn(&TableStats) -> i64;
+        let gauges: [(&str, &str, Level); 2] = [
+            ("table_partitions", "Table partitions this worker serves", |s| s.partitions.load(Ordering::Relaxed)),
+            ("table_recovering_partitions", "Table partitions recovering now", |s| {
+                s.recovering.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, help, value) in gauges {
+            let mut family =
+                encoder.encode_descriptor(name, help, None, prometheus_client::metrics::MetricType::Gauge)?;
+            for (table, stats) in &tables {
+                let g = ConstGauge::new(value(stats));
+                g.encode(family.encode_family(&TableLabels { table: table.clone() })?)?;
             }
         }
         Ok(())

@@ -382,6 +382,39 @@ impl<K: Send + 'static, V: Send + 'static> EventStream<K, V> {
         EventStream { inner: Box::pin(inner), ctx }
     }
 
+    /// Turns each event into any number of events (one per value `f`
+    /// returns), with the original's key and origin. The original is done
+    /// when all of them are.
+    ///
+    /// ```
+    /// # use stream_core::prelude::*;
+    /// # let app = App::builder("doc").broker("memory://").build()?;
+    /// let lines = app.topic::<(), String>("lines");
+    /// app.agent("words", &lines, |lines| async move {
+    ///     let mut words = lines.flat_map(|line| {
+    ///         line.value().split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+    ///     });
+    ///     while let Some(word) = words.next().await {
+    ///         let _ = word.value();
+    ///     }
+    ///     Ok(())
+    /// });
+    /// # Ok::<(), stream_core::Error>(())
+    /// ```
+    pub fn flat_map<U, I>(self, mut f: impl FnMut(&Event<K, V>) -> I + Send + 'static) -> EventStream<K, U>
+    where
+        K: Clone,
+        U: Send + 'static,
+        I: IntoIterator<Item = U>,
+    {
+        let ctx = self.ctx.clone();
+        let inner = StreamExt::flat_map(self, move |e: Event<K, V>| {
+            let values = f(&e);
+            futures::stream::iter(e.split(values))
+        });
+        EventStream { inner: Box::pin(inner), ctx }
+    }
+
     /// Batches events: up to `n`, or what arrived within `within` of the
     /// batch's first event, whichever comes first. The stream's last batch
     /// may be shorter.

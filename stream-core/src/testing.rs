@@ -76,18 +76,30 @@ impl TestDriver {
     /// 50 ms, serving no HTTP. On Kafka its topics and consumer group get a
     /// unique prefix, so tests can share a broker and run in parallel.
     pub fn app_on(broker: &str, id: &str) -> App {
-        let mut builder = App::builder(id).broker(broker).commit_interval(Duration::from_millis(50)).without_web();
-        if !broker.starts_with("memory://") {
-            // Tests await sends one by one: hold neither sends nor fetches for batching.
-            builder = builder
-                .topic_prefix(format!("test-{}-", unique()))
-                .kafka("linger.ms", "0")
-                .kafka("fetch.wait.max.ms", "20");
-        }
-        match builder.build() {
+        match Self::builder_on(broker, id).build() {
             Ok(app) => app,
             Err(e) => panic!("cannot build a test app {id:?}: {e}"),
         }
+    }
+
+    /// The builder of [`app_on`](Self::app_on), to change more before
+    /// building (a state directory of the test's own, say). Its state
+    /// directory defaults to a fresh one under the system's temporary directory.
+    pub fn builder_on(broker: &str, id: &str) -> crate::AppBuilder {
+        let unique = unique();
+        let mut builder = App::builder(id)
+            .broker(broker)
+            .commit_interval(Duration::from_millis(50))
+            .without_web()
+            .state_dir(std::env::temp_dir().join(format!("strom-test-{id}-{unique}")));
+        if !broker.starts_with("memory://") {
+            // Tests await sends one by one: hold neither sends nor fetches for batching.
+            builder = builder
+                .topic_prefix(format!("test-{unique}-"))
+                .kafka("linger.ms", "0")
+                .kafka("fetch.wait.max.ms", "20");
+        }
+        builder
     }
 
     /// Starts the app's worker and waits (up to 30 s) for its first assignment.
@@ -265,6 +277,12 @@ impl TestDriver {
                 _ => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
+    }
+
+    /// Drops the worker without stopping it, as a crash would: nothing more is
+    /// committed or checkpointed, and it leaves the group abruptly.
+    pub fn crash(&mut self) {
+        drop(self.worker.take());
     }
 
     /// Stops the worker gracefully, returning what it returned.

@@ -30,6 +30,7 @@ use crate::app::{App, AppCore};
 use crate::error::{Error, Result};
 use crate::event::Delivery;
 use crate::metrics::WorkerProbe;
+use crate::table::changelog::Tables;
 use crate::tracking::{PartitionTracker, lock};
 use crate::transport::{ConsumerControl, ConsumerEvent, RawMessage, TopicPartition, partition_for_key};
 
@@ -146,6 +147,8 @@ struct Shared {
     paused: std::sync::atomic::AtomicUsize,
     failure: Mutex<Option<Error>>,
     stop: watch::Sender<bool>,
+    /// The app's tables and their store.
+    tables: Tables,
 }
 
 impl Shared {
@@ -260,6 +263,7 @@ impl Worker {
                 return Err(Error::Usage(format!("two agents are named {:?}", def.name)));
             }
         }
+        let tables = Tables::open(&core).await?;
         let specs = app.topic_specs();
         core.transport.ensure_topics(&specs).await?;
 
@@ -291,6 +295,7 @@ impl Worker {
             paused: Default::default(),
             failure: Mutex::default(),
             stop,
+            tables,
         });
         core.metrics.attach(shared.clone());
 
@@ -365,9 +370,11 @@ impl Worker {
     }
 
     /// Commits what is done now, without waiting for the interval, and
-    /// returns whether the broker took it.
+    /// returns whether the broker took it; then checkpoints the tables.
     pub async fn commit_now(&self) -> bool {
-        self.shared.commit(None).await
+        let committed = self.shared.commit(None).await;
+        self.shared.tables.checkpoint().await;
+        committed
     }
 
     /// Resolves when the worker must stop on its own (an agent stopped, a send
@@ -415,6 +422,7 @@ impl Worker {
             tracing::warn!(error = %e, "flush at shutdown failed");
         }
         self.shared.commit(None).await;
+        self.shared.tables.close().await;
         // Leave the group, answering any revocation it brings at once.
         self.shared.control.close();
         if let Some(mut events) = events {
@@ -448,6 +456,7 @@ impl Drop for Worker {
             self.shared.stop.send_replace(true);
             self.shared.control.close();
             self.shared.core.metrics.detach();
+            self.shared.tables.abandon();
             dispatcher.abort();
         }
     }
@@ -487,6 +496,7 @@ async fn commit_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             return;
         }
         shared.commit(None).await;
+        shared.tables.checkpoint().await;
     }
 }
 
@@ -572,8 +582,11 @@ impl Dispatcher {
             ConsumerEvent::Assigned(tps) => {
                 tracing::info!(partitions = %list(&tps), "assigned");
                 self.shared.core.metrics.rebalance("assigned");
-                // A hook for tables: their partitions recover here, before
-                // the first message of the partition is dispatched.
+                // Table partitions recover before the first message of their
+                // topic partition is dispatched.
+                if let Err(e) = self.shared.tables.assigned(&tps).await {
+                    self.shared.fail(e);
+                }
                 for tp in tps {
                     let mut routes = self.routes.remove(&tp.topic).unwrap_or_default();
                     for route in &mut routes {
@@ -614,6 +627,7 @@ impl Dispatcher {
                     tracing::warn!(error = %e, "flush on revoke failed");
                 }
                 self.shared.commit(Some(&tps)).await;
+                self.shared.tables.revoked(&tps).await;
                 let mut commits = lock(&self.shared.commits);
                 for tp in &tps {
                     commits.trackers.remove(tp);

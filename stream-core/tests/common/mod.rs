@@ -36,6 +36,7 @@ impl Env {
     }
 
     /// A test app on this transport, with topics and group of its own.
+    #[allow(dead_code)]
     pub(crate) fn app(&self, id: &str) -> App {
         match self {
             Env::Memory => TestDriver::app(id),

@@ -53,7 +53,7 @@ pub trait PartitionStore: Send + Sync + 'static {
 }
 
 fn store_err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> Error {
-    Error::Io { context: format!("{context}: {e}"), source: std::io::Error::other(e.to_string()) }
+    Error::Io { context: context.to_string(), source: std::io::Error::other(e.to_string()) }
 }
 
 fn tree_name(table: &str, partition: i32) -> String {
@@ -75,10 +75,31 @@ impl std::fmt::Debug for SledStore {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store under `state_dir`.
+    /// Opens (or creates) the store under `state_dir`. A store sled finds
+    /// corrupt is moved aside and started afresh: recovery rebuilds it from
+    /// the changelogs.
     pub fn open(state_dir: &Path) -> Result<SledStore> {
         let path = state_dir.join("tables");
-        let db = sled::open(&path).map_err(|e| store_err(format!("opening the table store {}", path.display()), e))?;
+        let db = match sled::open(&path) {
+            Ok(db) => db,
+            Err(sled::Error::Corruption { .. }) => {
+                let aside = state_dir.join(format!("tables.corrupt-{}", std::process::id()));
+                tracing::warn!(path = %path.display(), moved_to = %aside.display(),
+                    "the table store is corrupt; starting afresh (tables rebuild from their changelogs)");
+                std::fs::rename(&path, &aside).map_err(|e| store_err(format!("moving {} aside", path.display()), e))?;
+                sled::open(&path).map_err(|e| store_err(format!("opening the table store {}", path.display()), e))?
+            }
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock") =>
+            {
+                return Err(store_err(
+                    format!("opening the table store {}", path.display()),
+                    "another worker uses this state directory (sled holds a lock on it); give each worker its \
+                     own STROM_STATE_DIR",
+                ));
+            }
+            Err(e) => return Err(store_err(format!("opening the table store {}", path.display()), e)),
+        };
         let offsets = db.open_tree("__strom_offsets").map_err(|e| store_err("opening the offsets tree", e))?;
         Ok(SledStore { db, path, offsets })
     }
@@ -153,6 +174,10 @@ impl PartitionStore for SledPartition {
 
     fn len(&self) -> usize {
         self.tree.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tree.is_empty()
     }
 
     fn flush(&self) -> Result<()> {

@@ -1,0 +1,244 @@
+//! Changelogs: how table partitions recover and how their stores catch up.
+//!
+//! Each partition of a table keeps its changes in two places: the compacted
+//! changelog topic (written on every change, and acknowledged before the event
+//! that made the change is committed) and the store on the worker. Changes go
+//! to the store in *checkpoints*, after each commit: the changes made since the
+//! last one are written together with the changelog offset they reach, once
+//! the broker has acknowledged their changelog records. Until then reads find
+//! them in memory. So the offset a store records is never ahead of what it
+//! holds, and everything it holds is in the changelog.
+//!
+//! The offset a change gets in the changelog is known without asking the
+//! broker: recovery reads the changelog partition to its end, and from there
+//! the partition's owner is its only writer, one record per change.
+//!
+//! Recovery, on assignment and before any event of the partition is handed to
+//! an agent: open the partition's store, read the offset it applied, replay
+//! the changelog after it. A store without an offset, or with an offset that
+//! cannot be read, is dropped and rebuilt from the whole changelog.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::store::{MemoryStore, SledStore, Store, Write};
+use super::{TableCore, TablePart};
+use crate::app::{AppCore, TableStore};
+use crate::error::{Error, Result};
+use crate::tracking::lock;
+use crate::transport::TopicPartition;
+
+/// Changelog records read (and written to the store) at a time during recovery.
+const RECOVERY_BATCH: usize = 20_000;
+
+/// How long a checkpoint waits for the changelog records it covers to be
+/// acknowledged before it gives up until the next one.
+const CHECKPOINT_ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// The tables of a running worker and their store.
+pub(crate) struct Tables {
+    tables: Vec<Arc<TableCore>>,
+    store: std::sync::Mutex<Option<Arc<dyn Store>>>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io { context: "table store task".into(), source: std::io::Error::other(e.to_string()) })?
+}
+
+impl Tables {
+    /// Checks the app's tables and opens their store (none without tables).
+    pub(crate) async fn open(core: &Arc<AppCore>) -> Result<Tables> {
+        let tables: Vec<Arc<TableCore>> = lock(&core.tables).clone();
+        for table in &tables {
+            table.check()?;
+        }
+        let store: Option<Arc<dyn Store>> = match (tables.is_empty(), core.config.table_store) {
+            (true, _) => None,
+            (false, TableStore::Memory) => Some(Arc::new(MemoryStore::default())),
+            (false, TableStore::Sled) => {
+                let dir = core.config.state_dir.clone();
+                Some(Arc::new(blocking(move || SledStore::open(&dir)).await?))
+            }
+        };
+        Ok(Tables { tables, store: std::sync::Mutex::new(store) })
+    }
+
+    fn store(&self) -> Result<Arc<dyn Store>> {
+        lock(&self.store).clone().ok_or(Error::ShuttingDown)
+    }
+
+    fn of_topic<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Arc<TableCore>> + 'a {
+        self.tables.iter().filter(move |t| &*t.source == topic)
+    }
+
+    /// Recovers the table partitions of newly assigned topic partitions.
+    pub(crate) async fn assigned(&self, tps: &[TopicPartition]) -> Result<()> {
+        for tp in tps {
+            for table in self.of_topic(&tp.topic) {
+                if table.part(tp.partition).is_ok() {
+                    continue;
+                }
+                let part = recover(table, self.store()?, tp.partition).await?;
+                table.insert_part(Arc::new(part));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checkpoints and lets go of the table partitions of revoked topic
+    /// partitions (after their events were drained and committed).
+    pub(crate) async fn revoked(&self, tps: &[TopicPartition]) {
+        for tp in tps {
+            for table in self.of_topic(&tp.topic) {
+                if let Ok(part) = table.part(tp.partition) {
+                    let _one = table.checkpointing.lock().await;
+                    if let Err(e) = checkpoint(table, &part).await {
+                        tracing::warn!(table = %table.name, partition = tp.partition, error = %e,
+                            "checkpoint of a revoked partition failed; its next owner replays more of the changelog");
+                    }
+                    table.remove_part(tp.partition);
+                }
+            }
+        }
+    }
+
+    /// Checkpoints every partition served.
+    pub(crate) async fn checkpoint(&self) {
+        for table in &self.tables {
+            let _one = table.checkpointing.lock().await;
+            for part in table.served() {
+                if let Err(e) = checkpoint(table, &part).await {
+                    tracing::warn!(table = %table.name, partition = part.partition, error = %e, "checkpoint failed");
+                }
+            }
+        }
+    }
+
+    /// Lets go of every partition and the store without a checkpoint (a
+    /// worker dropped without stopping: what was not checkpointed is
+    /// replayed from the changelog by the next owner).
+    pub(crate) fn abandon(&self) {
+        for table in &self.tables {
+            for part in table.served() {
+                table.remove_part(part.partition);
+            }
+        }
+        lock(&self.store).take();
+    }
+
+    /// Checkpoints everything, makes the store durable and closes it.
+    pub(crate) async fn close(&self) {
+        self.checkpoint().await;
+        for table in &self.tables {
+            for part in table.served() {
+                let store = part.store.clone();
+                if let Err(e) = blocking(move || store.flush()).await {
+                    tracing::warn!(table = %table.name, partition = part.partition, error = %e, "flushing the store failed");
+                }
+                table.remove_part(part.partition);
+            }
+        }
+        lock(&self.store).take();
+    }
+}
+
+/// Writes a partition's pending changes to its store, once their changelog
+/// records are acknowledged. Returns whether it did (the caller holds the
+/// table's checkpoint lock).
+async fn checkpoint(table: &TableCore, part: &Arc<TablePart>) -> Result<bool> {
+    let sends = &table.core.sends;
+    let Some((writes, offset, issued)) = part.begin_checkpoint(sends.issued()) else { return Ok(true) };
+    if issued > 0 {
+        match tokio::time::timeout(CHECKPOINT_ACK_WAIT, sends.wait_for(issued - 1)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(false),
+        }
+    }
+    let store = part.store.clone();
+    blocking(move || store.apply(&writes, Some(offset))).await?;
+    part.end_checkpoint();
+    Ok(true)
+}
+
+/// Brings a partition's store up to the end of its changelog.
+async fn recover(table: &TableCore, store: Arc<dyn Store>, partition: i32) -> Result<TablePart> {
+    let stats = &table.stats;
+    stats.recovering.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let result = replay(table, store, partition).await;
+    stats.recovering.fetch_sub(1, Ordering::Relaxed);
+    stats.recovery_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    let (part, replayed) = result?;
+    stats.recoveries.fetch_add(1, Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(table = %table.name, partition, replayed, took_ms = (secs * 1000.0) as u64,
+        records_per_s = (replayed as f64 / secs.max(1e-9)) as u64, "table partition recovered");
+    Ok(part)
+}
+
+async fn replay(table: &TableCore, store: Arc<dyn Store>, partition: i32) -> Result<(TablePart, u64)> {
+    let name = table.name.clone();
+    let (part_store, applied, rebuilt) = blocking(move || {
+        let part = store.partition(&name, partition)?;
+        match part.applied_offset() {
+            Ok(Some(offset)) => Ok((part, Some(offset), false)),
+            Ok(None) if part.is_empty() => Ok((part, None, false)),
+            other => {
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    _ => "keys without a recorded changelog offset".to_owned(),
+                };
+                tracing::warn!(table = %name, partition, reason = %why, "store partition unusable; rebuilding it from the changelog");
+                drop(part);
+                store.drop_partition(&name, partition)?;
+                Ok((store.partition(&name, partition)?, None, true))
+            }
+        }
+    })
+    .await?;
+    if rebuilt {
+        table.stats.rebuilt.fetch_add(1, Ordering::Relaxed);
+    }
+    let tp = TopicPartition { topic: table.changelog.clone(), partition };
+    let mut from = applied.map_or(0, |o| o + 1);
+    tracing::info!(table = %table.name, partition, from_offset = from, "table partition recovering");
+    let mut replayed = 0u64;
+    // Writing a batch to the store overlaps with reading the next one.
+    let mut writing: Option<tokio::task::JoinHandle<Result<()>>> = None;
+    let mut last_log = Instant::now();
+    loop {
+        let batch = table.core.transport.read(&tp, from, RECOVERY_BATCH).await?;
+        let n = batch.messages.len();
+        if let Some(last) = batch.messages.last().map(|m| m.offset) {
+            let writes: Vec<Write> = batch.messages.into_iter().filter_map(|m| Some((m.key?, m.value))).collect();
+            if let Some(previous) = writing.take() {
+                join(previous).await?;
+            }
+            let ps = part_store.clone();
+            writing = Some(tokio::task::spawn_blocking(move || ps.apply(&writes, Some(last))));
+            replayed += n as u64;
+            table.stats.replayed.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        from = batch.next.max(from);
+        if n < RECOVERY_BATCH {
+            break;
+        }
+        if last_log.elapsed() > Duration::from_secs(5) {
+            last_log = Instant::now();
+            tracing::info!(table = %table.name, partition, replayed, at_offset = from, "table partition recovering");
+        }
+    }
+    if let Some(previous) = writing.take() {
+        join(previous).await?;
+    }
+    Ok((TablePart::new(partition, part_store, from), replayed))
+}
+
+async fn join(task: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    task.await
+        .map_err(|e| Error::Io { context: "table store task".into(), source: std::io::Error::other(e.to_string()) })?
+}

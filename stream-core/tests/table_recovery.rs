@@ -1,0 +1,226 @@
+//! Tables on every transport: counts that survive restarts, a changelog that
+//! agrees with the store, recovery that replays only the tail, and a store
+//! rebuilt from the changelog when its directory is gone.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use stream_core::prelude::*;
+use stream_core::testing::TestDriver;
+use stream_core::{AppBuilder, Worker};
+
+mod common;
+use common::{Env, WAIT};
+
+/// A counting app: `events` (4 partitions, keyed) → table `counts` (events
+/// per key). Each event of value `n > 1` also sets `n` keys `bulk-<i>` (to
+/// fill a table fast).
+fn counting(builder: AppBuilder) -> (App, Topic<String, u32>, Table<String, u64>) {
+    let app = builder.build().unwrap();
+    let events = app.topic::<String, u32>("events").partitions(4);
+    let counts = app.table::<String, u64>("counts", &events);
+    let table = counts.clone();
+    app.agent("count", &events, move |mut events| {
+        let counts = table.clone();
+        async move {
+            while let Some(event) = events.next().await {
+                let Some(key) = event.key() else { continue };
+                let part = counts.at(&event)?;
+                part.update(key, |n| n.unwrap_or(0) + 1).await?;
+                for i in 1..*event.value() {
+                    part.insert(&format!("{key}/bulk-{i}"), &1).await?;
+                }
+            }
+            Ok(())
+        }
+    });
+    (app, events, counts)
+}
+
+fn builder(env: &Env, dir: &Path) -> AppBuilder {
+    let url = match env {
+        Env::Memory => format!("memory://tables-{}", dir.file_name().unwrap().to_string_lossy()),
+        Env::Kafka(url) => url.clone(),
+    };
+    TestDriver::builder_on(&url, "tables").state_dir(dir)
+}
+
+/// Starts the worker, retrying while the previous (dropped) worker of the same
+/// state directory still holds its store.
+async fn start(app: &App) -> TestDriver {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match TestDriver::start(app).await {
+            Ok(driver) => return driver,
+            Err(e) if e.to_string().contains("another worker") && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("worker did not start: {e}"),
+        }
+    }
+}
+
+fn worker(driver: &TestDriver) -> &Worker {
+    driver.worker().unwrap()
+}
+
+async fn send_counts(driver: &TestDriver, events: &Topic<String, u32>, keys: usize, rounds: usize) {
+    for round in 0..rounds {
+        for k in 0..keys {
+            // Not awaited one by one: the acknowledgements come in batches.
+            let _ = events.send(&format!("key-{k}"), &1).await.unwrap();
+        }
+        let _ = round;
+    }
+    driver.app_ref().flush(WAIT).await.unwrap();
+}
+
+async fn wait_for_writes(driver: &TestDriver, counts: &Table<String, u64>, writes: u64) {
+    driver
+        .wait_until(WAIT, async |_| Ok(counts.stats().writes.load(std::sync::atomic::Ordering::Relaxed) >= writes))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "table writes: {} of {writes}: {e}",
+                counts.stats().writes.load(std::sync::atomic::Ordering::Relaxed)
+            )
+        });
+}
+
+fn replayed(counts: &Table<String, u64>) -> u64 {
+    counts.stats().replayed.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn local(counts: &Table<String, u64>) -> BTreeMap<String, u64> {
+    counts.local_entries().unwrap().into_iter().collect()
+}
+
+/// Asserts two tables are equal, showing only (some of) their differences.
+#[track_caller]
+fn assert_same(left: &BTreeMap<String, u64>, right: &BTreeMap<String, u64>, what: &str) {
+    let diff: Vec<_> = left
+        .keys()
+        .chain(right.keys())
+        .filter(|k| left.get(*k) != right.get(*k))
+        .take(10)
+        .map(|k| format!("{k}: {:?} vs {:?}", left.get(k), right.get(k)))
+        .collect();
+    assert!(diff.is_empty(), "{what}: {} vs {} keys; differences: {diff:?}", left.len(), right.len());
+}
+
+/// The last value of each key in the table's changelog.
+async fn changelog(driver: &TestDriver, app: &App) -> BTreeMap<String, u64> {
+    let mut last: HashMap<Bytes, Option<Bytes>> = HashMap::new();
+    for m in driver.messages(&format!("{}-counts-changelog", app.id())).await.unwrap() {
+        last.insert(m.key.unwrap(), m.value);
+    }
+    last.into_iter()
+        .filter_map(|(k, v)| {
+            let v = v?;
+            Some((String::from_utf8(k.to_vec()).unwrap(), serde_json::from_slice(&v).unwrap()))
+        })
+        .collect()
+}
+
+async fn counts_survive_a_restart_and_agree_with_the_changelog(env: Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, events, counts) = counting(builder(&env, dir.path()));
+    let driver = start(&app).await;
+    send_counts(&driver, &events, 50, 20).await;
+    wait_for_writes(&driver, &counts, 1000).await;
+    let truth: BTreeMap<String, u64> = (0..50).map(|k| (format!("key-{k}"), 20)).collect();
+    assert_same(&local(&counts), &truth, "first run");
+    assert_eq!(counts.local_partitions(), vec![0, 1, 2, 3]);
+    driver.stop().await.unwrap();
+
+    // A clean stop checkpointed everything: the restart replays nothing.
+    let (app, events, counts) = counting(Env::same_as(&app).state_dir(dir.path()));
+    let driver = start(&app).await;
+    assert_eq!(replayed(&counts), 0, "a clean restart replays no changelog");
+    assert_same(&local(&counts), &truth, "restarted");
+    send_counts(&driver, &events, 50, 2).await;
+    wait_for_writes(&driver, &counts, 100).await;
+    let truth: BTreeMap<String, u64> = (0..50).map(|k| (format!("key-{k}"), 22)).collect();
+    assert_same(&local(&counts), &truth, "second run");
+    driver.wait_until(WAIT, async |d| d.caught_up("events").await).await.unwrap();
+    assert_same(&changelog(&driver, &app).await, &truth, "the changelog");
+    let metrics = app.metrics().encode();
+    assert!(metrics.contains("strom_table_changelog_writes_total{table=\"counts\"} 100"), "{metrics}");
+    assert!(metrics.contains("strom_table_partitions{table=\"counts\"} 4"), "{metrics}");
+    driver.stop().await.unwrap();
+}
+
+async fn a_crash_replays_only_the_changelog_tail(env: Env) {
+    let dir = tempfile::tempdir().unwrap();
+    // No periodic commits: checkpoints happen exactly when the test asks.
+    let slow = |b: AppBuilder| b.commit_interval(Duration::from_secs(3600));
+    let (app, events, counts) = counting(slow(builder(&env, dir.path())));
+    let mut driver = start(&app).await;
+    // 10 events of 10,000 keys each: a table of 100,010 keys.
+    for k in 0..10 {
+        events.send(&format!("key-{k}"), &10_000).await.unwrap();
+    }
+    wait_for_writes(&driver, &counts, 100_000).await;
+    assert!(worker(&driver).commit_now().await);
+    // The tail: 30 more updates after the checkpoint, then a crash.
+    send_counts(&driver, &events, 10, 3).await;
+    wait_for_writes(&driver, &counts, 100_030).await;
+    let before = local(&counts);
+    assert_eq!(before.len(), 100_000);
+    driver.crash();
+
+    let (app, _events, counts) = counting(slow(Env::same_as(&app).state_dir(dir.path())));
+    let driver = start(&app).await;
+    assert_eq!(replayed(&counts), 30, "only the changelog after the checkpoint is replayed");
+    // The 30 events after the last commit are handled again (at least once):
+    // each of their keys counts 3 more.
+    wait_for_writes(&driver, &counts, 30).await;
+    let mut expected = before;
+    for k in 0..10 {
+        *expected.get_mut(&format!("key-{k}")).unwrap() += 3;
+    }
+    assert_same(&local(&counts), &expected, "after the crash");
+    driver.stop().await.unwrap();
+}
+
+async fn a_lost_state_directory_is_rebuilt_from_the_changelog(env: Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, events, counts) = counting(builder(&env, dir.path()));
+    let driver = start(&app).await;
+    send_counts(&driver, &events, 40, 5).await;
+    events.send(&"big".to_owned(), &1000).await.unwrap();
+    wait_for_writes(&driver, &counts, 200 + 1000).await;
+    let before = local(&counts);
+    driver.stop().await.unwrap();
+
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let (app, _events, counts) = counting(Env::same_as(&app).state_dir(dir.path()));
+    let driver = start(&app).await;
+    assert_eq!(replayed(&counts), 1200, "the whole changelog is replayed");
+    assert_same(&local(&counts), &before, "rebuilt");
+    driver.stop().await.unwrap();
+}
+
+async fn a_table_with_another_partition_count_than_its_topic_is_refused(env: Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = builder(&env, dir.path()).build().unwrap();
+    let events = app.topic::<String, u32>("events").partitions(4);
+    let _counts = app.table::<String, u64>("counts", &events).partitions(8);
+    app.agent("count", &events, |mut events| async move {
+        while events.next().await.is_some() {}
+        Ok(())
+    });
+    let e = app.start().await.unwrap_err();
+    assert!(e.to_string().contains("table counts: declared with 8 partitions, but its topic"), "{e}");
+}
+
+on_every_transport!(
+    counts_survive_a_restart_and_agree_with_the_changelog,
+    a_crash_replays_only_the_changelog_tail,
+    a_lost_state_directory_is_rebuilt_from_the_changelog,
+    a_table_with_another_partition_count_than_its_topic_is_refused,
+);
