@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::json;
 use stream_core::testing::TestDriver;
-use strom_examples::{dlq, hello, relay};
+use strom_examples::{dlq, hello, relay, wordcount};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -53,6 +53,37 @@ async fn relay_adds_relayed_keeps_keys_and_dead_letters_the_rest() {
     assert!(letters.iter().any(|l| l.error.contains("id: must be an integer, not \"seven\"")));
     assert!(letters.iter().any(|l| l.error.contains("id: is missing")));
     driver.wait_until(WAIT, async |d| d.caught_up("relay.in").await).await.unwrap();
+    driver.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn wordcount_counts_every_word_in_its_table_and_emits_each_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestDriver::builder_on("memory://wordcount-example", "wordcount").state_dir(dir.path()).build().unwrap();
+    let topics = wordcount::build(&app);
+    let driver = TestDriver::start(&app).await.unwrap();
+    let lines = ["The quick brown fox", "jumps over  the lazy dog", "THE END", "", "fox\tand\ndog"];
+    let mut truth: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for line in lines {
+        for word in line.to_lowercase().split_whitespace() {
+            *truth.entry(word.to_owned()).or_default() += 1;
+        }
+        driver.send_raw("words.in", Some(b"any"), line.as_bytes()).await.unwrap();
+    }
+    driver.send_raw("words.in", None, b"caf\xe9 not utf-8").await.unwrap();
+    let total = truth.values().sum::<u64>() as usize;
+    let updates = driver.read(&topics.output, total, WAIT).await.unwrap();
+    // Each update is keyed by its word; the last one of a word is its count.
+    let mut last = std::collections::BTreeMap::new();
+    for u in &updates {
+        assert_eq!(u.key(), Some(&u.value().word));
+        last.insert(u.value().word.clone(), u.value().count);
+    }
+    assert_eq!(last, truth);
+    let table: std::collections::BTreeMap<String, u64> = topics.counts.local_entries().unwrap().into_iter().collect();
+    assert_eq!(table, truth);
+    let letters = driver.dead_letters("words.in", 1, WAIT).await.unwrap();
+    assert!(letters[0].error.contains("utf"), "{}", letters[0].error);
     driver.stop().await.unwrap();
 }
 

@@ -12,6 +12,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::metrics::Metrics;
 use crate::record::Payload;
 use crate::stream::EventStream;
+use crate::table::window::{CountWindows, SlidingWindows, WindowedTable, Windows};
 use crate::table::{Table, TableCore};
 use crate::timer::{Schedule, TimerDef};
 use crate::topic::{Topic, TopicInfo};
@@ -347,6 +348,38 @@ impl App {
     /// the worker starts. See [`Table`](crate::Table).
     pub fn table<K: Payload, V: Payload>(&self, name: &str, topic: &impl CoPartitioned) -> Table<K, V> {
         Table::declare(&self.core, name, topic.topic_name().clone())
+    }
+
+    /// Declares a table of tumbling or hopping windows, co-partitioned with
+    /// `topic`. See [`WindowedTable`](crate::table::window::WindowedTable).
+    pub fn windowed_table<K: Payload, V: Payload>(
+        &self,
+        name: &str,
+        topic: &impl CoPartitioned,
+        windows: Windows,
+    ) -> WindowedTable<K, V> {
+        WindowedTable::new(self.table(name, topic), windows)
+    }
+
+    /// Declares a table of the last `n` values of each key, co-partitioned
+    /// with `topic`. See [`CountWindows`](crate::table::window::CountWindows).
+    pub fn count_windows<K, T>(&self, name: &str, topic: &impl CoPartitioned, n: usize) -> CountWindows<K, T>
+    where
+        K: Payload,
+        T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        CountWindows::new(self.table(name, topic), n)
+    }
+
+    /// Declares a table of the values of each key within `size` of event
+    /// time, co-partitioned with `topic`. See
+    /// [`SlidingWindows`](crate::table::window::SlidingWindows).
+    pub fn sliding_windows<K, T>(&self, name: &str, topic: &impl CoPartitioned, size: Duration) -> SlidingWindows<K, T>
+    where
+        K: Payload,
+        T: serde::Serialize + serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        SlidingWindows::new(self.table(name, topic), size)
     }
 
     /// Declares an agent: `handler` is called with the stream of events of

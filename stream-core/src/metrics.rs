@@ -318,11 +318,13 @@ impl Collector for TableCollector {
             return Ok(());
         }
         type Count = fn(&TableStats) -> &std::sync::atomic::AtomicU64;
-        let counters: [(&str, &str, Count); 4] = [
+        let counters: [(&str, &str, Count); 6] = [
             ("table_changelog_writes", "Table changes written (each also produced to the changelog)", |s| &s.writes),
             ("table_recovered_records", "Changelog records replayed into the store by recoveries", |s| &s.replayed),
             ("table_recoveries", "Table partition recoveries finished", |s| &s.recoveries),
             ("table_rebuilds", "Table partitions rebuilt from the whole changelog", |s| &s.rebuilt),
+            ("table_late_events", "Events too late for any open window of a windowed table", |s| &s.late_events),
+            ("table_windows_closed", "Windows closed by the watermark or by idleness", |s| &s.windows_closed),
         ];
         for (name, help, value) in counters {
             let mut family =

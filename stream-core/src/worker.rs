@@ -324,6 +324,7 @@ impl Worker {
 
         let mut background = JoinSet::new();
         background.spawn(commit_loop(shared.clone(), stop_rx.clone()));
+        background.spawn(idle_window_loop(shared.clone(), stop_rx.clone()));
         for timer in lock(&app.timers).iter().cloned() {
             background.spawn(timer.run(stop_rx.clone()));
         }
@@ -497,6 +498,17 @@ async fn commit_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
         shared.commit(None).await;
         shared.tables.checkpoint().await;
+    }
+}
+
+/// Closes the windows of idle partitions (windowed tables with an idle timeout).
+async fn idle_window_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let next = shared.tables.close_idle_windows().await;
+        tokio::select! {
+            () = tokio::time::sleep(next) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

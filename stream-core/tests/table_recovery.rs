@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use stream_core::AppBuilder;
 use stream_core::prelude::*;
 use stream_core::testing::TestDriver;
-use stream_core::{AppBuilder, Worker};
 
 mod common;
 use common::{Env, WAIT};
@@ -64,10 +64,6 @@ async fn start(app: &App) -> TestDriver {
     }
 }
 
-fn worker(driver: &TestDriver) -> &Worker {
-    driver.worker().unwrap()
-}
-
 async fn send_counts(driver: &TestDriver, events: &Topic<String, u32>, keys: usize, rounds: usize) {
     for round in 0..rounds {
         for k in 0..keys {
@@ -89,6 +85,14 @@ async fn wait_for_writes(driver: &TestDriver, counts: &Table<String, u64>, write
                 counts.stats().writes.load(std::sync::atomic::Ordering::Relaxed)
             )
         });
+}
+
+/// Commits (and checkpoints) until the group's position is the end of `events`.
+async fn commit_to_the_end(driver: &TestDriver) {
+    driver
+        .wait_until(WAIT, async |d| Ok(d.worker().unwrap().commit_now().await && d.caught_up("events").await?))
+        .await
+        .unwrap();
 }
 
 fn replayed(counts: &Table<String, u64>) -> u64 {
@@ -165,10 +169,11 @@ async fn a_crash_replays_only_the_changelog_tail(env: Env) {
         events.send(&format!("key-{k}"), &10_000).await.unwrap();
     }
     wait_for_writes(&driver, &counts, 100_000).await;
-    assert!(worker(&driver).commit_now().await);
-    // The tail: 30 more updates after the checkpoint, then a crash.
+    commit_to_the_end(&driver).await;
+    // The tail: 30 more updates after the checkpoint, on the broker, then a crash.
     send_counts(&driver, &events, 10, 3).await;
     wait_for_writes(&driver, &counts, 100_030).await;
+    app.flush(WAIT).await.unwrap();
     let before = local(&counts);
     assert_eq!(before.len(), 100_000);
     driver.crash();
@@ -178,7 +183,7 @@ async fn a_crash_replays_only_the_changelog_tail(env: Env) {
     assert_eq!(replayed(&counts), 30, "only the changelog after the checkpoint is replayed");
     // The 30 events after the last commit are handled again (at least once):
     // each of their keys counts 3 more.
-    wait_for_writes(&driver, &counts, 30).await;
+    commit_to_the_end(&driver).await;
     let mut expected = before;
     for k in 0..10 {
         *expected.get_mut(&format!("key-{k}")).unwrap() += 3;

@@ -117,6 +117,20 @@ impl Tables {
         }
     }
 
+    /// Closes the windows of idle partitions, for windowed tables with an
+    /// idle timeout; returns how soon to look again.
+    pub(crate) async fn close_idle_windows(&self) -> Duration {
+        let mut next = Duration::from_secs(1);
+        for table in &self.tables {
+            let idle = lock(&table.idle).clone();
+            if let Some((timeout, close)) = idle {
+                next = next.min(timeout / 4).max(Duration::from_millis(10));
+                close().await;
+            }
+        }
+        next
+    }
+
     /// Lets go of every partition and the store without a checkpoint (a
     /// worker dropped without stopping: what was not checkpointed is
     /// replayed from the changelog by the next owner).

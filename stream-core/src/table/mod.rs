@@ -41,6 +41,7 @@
 
 pub(crate) mod changelog;
 pub mod store;
+pub mod window;
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -104,6 +105,10 @@ pub struct TableStats {
     pub partitions: AtomicI64,
     /// Partitions recovering now.
     pub recovering: AtomicI64,
+    /// Events too late for any open window (windowed tables).
+    pub late_events: AtomicU64,
+    /// Windows closed (windowed tables).
+    pub windows_closed: AtomicU64,
 }
 
 /// What the app knows of a declared table, whatever its types.
@@ -123,6 +128,9 @@ pub(crate) struct TableCore {
     pub(crate) stats: Arc<TableStats>,
     /// One checkpoint at a time.
     checkpointing: tokio::sync::Mutex<()>,
+    /// For windowed tables with an idle timeout: the timeout, and what closes
+    /// the windows of idle partitions.
+    pub(crate) idle: Mutex<Option<(std::time::Duration, window::IdleCloser)>>,
 }
 
 impl TableCore {
@@ -163,7 +171,7 @@ impl TableCore {
         Ok(())
     }
 
-    fn error(&self, reason: impl Into<String>) -> Error {
+    pub(crate) fn error(&self, reason: impl Into<String>) -> Error {
         Error::Table { table: self.name.clone(), reason: reason.into() }
     }
 
@@ -206,6 +214,8 @@ pub(crate) struct TablePart {
     /// One writer at a time, so the changelog holds the changes of a key in
     /// the order they were made.
     writing: tokio::sync::Mutex<()>,
+    /// Windowed tables: the watermark and open windows.
+    windows: Mutex<Option<window::WindowState>>,
 }
 
 /// Changes made since the last checkpoint. Reads look here before the store.
@@ -226,6 +236,7 @@ impl TablePart {
             store,
             pending: Mutex::new(Pending { next_offset, ..Pending::default() }),
             writing: tokio::sync::Mutex::new(()),
+            windows: Mutex::new(None),
         }
     }
 
@@ -324,6 +335,7 @@ impl<K: Payload, V: Payload> Table<K, V> {
             parts: RwLock::default(),
             stats,
             checkpointing: tokio::sync::Mutex::new(()),
+            idle: Mutex::new(None),
         });
         lock(&core.tables).push(inner.clone());
         Table {
