@@ -667,46 +667,58 @@ impl Dispatcher {
     fn dispatch(&mut self, batch: Vec<RawMessage>) {
         // The deliveries per destination (topic, route, instance), in order. A
         // batch has few destinations: they are found by a short scan per run of
-        // one partition, not by hashing every message.
+        // one partition, not by hashing every message. Messages move from the
+        // batch straight into their destination's vector (cloned only for the
+        // other routes of a topic read by several agents).
         let mut outgoing: Vec<(Arc<str>, usize, Vec<Vec<Delivery>>)> = Vec::new();
-        let mut iter = batch.into_iter().peekable();
-        while let Some(first) = iter.next() {
-            // Most batches are one long run: size for the rest of the batch.
-            let mut run = Vec::with_capacity(iter.len() + 1);
-            run.push(first);
-            while let Some(next) = iter.peek() {
-                if Arc::ptr_eq(&next.topic, &run[0].topic) && next.partition == run[0].partition {
-                    run.extend(iter.next());
-                } else {
-                    break;
+        let mut rest = batch.into_iter();
+        while let Some(first) = rest.as_slice().first() {
+            let (topic, partition) = (first.topic.clone(), first.partition);
+            let len = rest
+                .as_slice()
+                .iter()
+                .take_while(|m| Arc::ptr_eq(&m.topic, &topic) && m.partition == partition)
+                .count();
+            let mut taken = false;
+            if let Some(routes) = self.routes.get(&topic) {
+                let last = routes.len().saturating_sub(1);
+                for (r, route) in routes.iter().enumerate() {
+                    let Some(tracker) = route.trackers.get(&partition) else {
+                        // Fetched before a revocation: the new owner reads it again.
+                        tracing::debug!(topic = %topic, partition, "message for an unassigned partition; skipped");
+                        continue;
+                    };
+                    let first_seq = tracker.push(rest.as_slice()[..len].iter().map(|m| m.offset));
+                    let n = route.senders.len();
+                    let slot = match outgoing.iter().position(|(t, rr, _)| *rr == r && Arc::ptr_eq(t, &topic)) {
+                        Some(i) => i,
+                        None => {
+                            // Most batches are of one topic: room for the rest of
+                            // the batch, so later runs do not grow the vectors.
+                            let expected = if n == 1 { rest.len() } else { rest.len() / n + 1 };
+                            outgoing.push((topic.clone(), r, (0..n).map(|_| Vec::with_capacity(expected)).collect()));
+                            outgoing.len() - 1
+                        }
+                    };
+                    let per_instance = &mut outgoing[slot].2;
+                    let mut deliver = |i: usize, raw: RawMessage| {
+                        let instance = if n == 1 { 0 } else { instance_for(&raw, n) };
+                        per_instance[instance].push(Delivery {
+                            raw,
+                            tracker: tracker.clone(),
+                            seq: first_seq + i as u64,
+                        });
+                    };
+                    if r == last {
+                        rest.by_ref().take(len).enumerate().for_each(|(i, raw)| deliver(i, raw));
+                        taken = true;
+                    } else {
+                        rest.as_slice()[..len].iter().enumerate().for_each(|(i, raw)| deliver(i, raw.clone()));
+                    }
                 }
             }
-            let Some(routes) = self.routes.get(&run[0].topic) else { continue };
-            let (topic, partition) = (run[0].topic.clone(), run[0].partition);
-            let last = routes.len().saturating_sub(1);
-            let mut run = Some(run);
-            for (r, route) in routes.iter().enumerate() {
-                let Some(tracker) = route.trackers.get(&partition) else {
-                    // Fetched before a revocation: the new owner reads it again.
-                    tracing::debug!(topic = %topic, partition, "message for an unassigned partition; skipped");
-                    continue;
-                };
-                let messages = if r == last { run.take().unwrap_or_default() } else { run.clone().unwrap_or_default() };
-                let first_seq = tracker.push(messages.iter().map(|m| m.offset));
-                let n = route.senders.len();
-                let slot = match outgoing.iter().position(|(t, rr, _)| *rr == r && Arc::ptr_eq(t, &topic)) {
-                    Some(i) => i,
-                    None => {
-                        let expected = if n == 1 { messages.len() } else { messages.len() / n + 1 };
-                        outgoing.push((topic.clone(), r, (0..n).map(|_| Vec::with_capacity(expected)).collect()));
-                        outgoing.len() - 1
-                    }
-                };
-                let per_instance = &mut outgoing[slot].2;
-                for (i, raw) in messages.into_iter().enumerate() {
-                    let instance = if n == 1 { 0 } else { instance_for(&raw, n) };
-                    per_instance[instance].push(Delivery { raw, tracker: tracker.clone(), seq: first_seq + i as u64 });
-                }
+            if !taken {
+                rest.by_ref().take(len).for_each(drop);
             }
         }
         for (topic, r, per_instance) in outgoing {
