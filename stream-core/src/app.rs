@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use crate::record::Payload;
 use crate::stream::EventStream;
 use crate::table::window::{CountWindows, SlidingWindows, WindowedTable, Windows};
-use crate::table::{Table, TableCore};
+use crate::table::{GlobalTable, Table, TableCore};
 use crate::timer::{Schedule, TimerDef};
 use crate::topic::{Topic, TopicInfo};
 use crate::tracking::{SendTracker, lock};
@@ -347,7 +347,13 @@ impl App {
     /// live. Its changelog topic `<app id>-<name>-changelog` is created when
     /// the worker starts. See [`Table`](crate::Table).
     pub fn table<K: Payload, V: Payload>(&self, name: &str, topic: &impl CoPartitioned) -> Table<K, V> {
-        Table::declare(&self.core, name, topic.topic_name().clone())
+        Table::declare(&self.core, name, Some(topic.topic_name().clone()))
+    }
+
+    /// Declares a table every worker holds whole, kept current from its
+    /// changelog. See [`GlobalTable`](crate::table::GlobalTable).
+    pub fn global_table<K: Payload, V: Payload>(&self, name: &str) -> GlobalTable<K, V> {
+        GlobalTable::declare(&self.core, name)
     }
 
     /// Declares a table of tumbling or hopping windows, co-partitioned with

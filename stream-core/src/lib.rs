@@ -78,7 +78,7 @@ pub use record::{Payload, Record, Schema, ValidationError};
 pub use stream::{Batches, EventStream};
 #[cfg(feature = "derive")]
 pub use stream_macros::Record;
-pub use table::{Table, TablePartition, TableStats};
+pub use table::{GlobalTable, Table, TablePartition, TableStats};
 pub use topic::{MessageBuilder, Topic};
 pub use tracking::DeliveryReceipt;
 pub use worker::Worker;

@@ -263,9 +263,10 @@ impl Worker {
                 return Err(Error::Usage(format!("two agents are named {:?}", def.name)));
             }
         }
-        let tables = Tables::open(&core).await?;
+        Tables::check(&core)?;
         let specs = app.topic_specs();
         core.transport.ensure_topics(&specs).await?;
+        let tables = Tables::open(&core).await?;
 
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let mut agents = Vec::new();
@@ -325,6 +326,7 @@ impl Worker {
         let mut background = JoinSet::new();
         background.spawn(commit_loop(shared.clone(), stop_rx.clone()));
         background.spawn(idle_window_loop(shared.clone(), stop_rx.clone()));
+        background.spawn(follow_loop(shared.clone(), stop_rx.clone()));
         for timer in lock(&app.timers).iter().cloned() {
             background.spawn(timer.run(stop_rx.clone()));
         }
@@ -507,6 +509,22 @@ async fn idle_window_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
         let next = shared.tables.close_idle_windows().await;
         tokio::select! {
             () = tokio::time::sleep(next) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// How often global tables and standby partitions catch up with their changelogs.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+/// Keeps global tables and standby partitions current.
+async fn follow_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = shared.tables.follow().await {
+            tracing::warn!(error = %e, "following table changelogs failed; retrying");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(FOLLOW_EVERY) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

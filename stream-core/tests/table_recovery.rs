@@ -223,7 +223,94 @@ async fn a_table_with_another_partition_count_than_its_topic_is_refused(env: Env
     assert!(e.to_string().contains("table counts: declared with 8 partitions, but its topic"), "{e}");
 }
 
+async fn a_global_table_is_whole_on_every_worker_before_its_agents_start(env: Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let global = |b: AppBuilder| {
+        let app = b.build().unwrap();
+        let names = app.global_table::<String, String>("names").partitions(3);
+        let events = app.topic::<String, u32>("events").partitions(4);
+        let named = app.topic::<String, String>("named").partitions(4);
+        let (table, out) = (names.clone(), named.clone());
+        app.agent("name", &events, move |mut events| {
+            let (names, out) = (table.clone(), out.clone());
+            async move {
+                while let Some(e) = events.next().await {
+                    let Some(key) = e.key() else { continue };
+                    let name = names.get(key)?.unwrap_or_else(|| "?".into());
+                    out.send(key, &name).await?;
+                }
+                Ok(())
+            }
+        });
+        (app, names, events, named)
+    };
+    let (app, names, events, named) = global(builder(&env, dir.path()));
+    let driver = start(&app).await;
+    for i in 0..30 {
+        names.insert(&format!("key-{i}"), &format!("name-{i}")).await.unwrap().await.unwrap();
+    }
+    names.remove(&"key-29".to_owned()).await.unwrap().await.unwrap();
+    driver.wait_until(WAIT, async |_| Ok(names.entries()?.len() == 29)).await.unwrap();
+    for i in 0..30 {
+        events.send(&format!("key-{i}"), &1).await.unwrap();
+    }
+    let out = driver.read(&named, 30, WAIT).await.unwrap();
+    for e in &out {
+        let i: usize = e.key().unwrap()["key-".len()..].parse().unwrap();
+        assert_eq!(e.value(), &if i == 29 { "?".to_owned() } else { format!("name-{i}") });
+    }
+    driver.stop().await.unwrap();
+
+    // Another worker, with a state directory of its own: whole at start.
+    let other = tempfile::tempdir().unwrap();
+    let (app, names, _, _) = global(Env::same_as(&app).state_dir(other.path()));
+    let driver = start(&app).await;
+    let entries: BTreeMap<String, String> = names.entries().unwrap().into_iter().collect();
+    assert_eq!(entries.len(), 29);
+    assert_eq!(entries.get("key-7").map(String::as_str), Some("name-7"));
+    driver.stop().await.unwrap();
+}
+
+/// Two workers of one group, each following the other's partitions: when one
+/// stops, the survivor serves its partitions without replaying their changelog.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_without_replaying_the_changelog() {
+    let env = Env::kafka();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let standby = |b: AppBuilder| {
+        let (app, events, counts) = counting(b);
+        (app, events, counts.standby_replicas(1))
+    };
+    let (app_a, events, counts_a) = standby(builder(&env, dir_a.path()));
+    let driver_a = start(&app_a).await;
+    let (app_b, _, counts_b) = standby(Env::same_as(&app_a).state_dir(dir_b.path()));
+    let driver_b = start(&app_b).await;
+    driver_b
+        .wait_until(WAIT, async |_| {
+            let (a, b) = (counts_a.local_partitions(), counts_b.local_partitions());
+            Ok(!a.is_empty() && !b.is_empty() && a.len() + b.len() == 4)
+        })
+        .await
+        .unwrap();
+    send_counts(&driver_a, &events, 40, 25).await;
+    let writes = |t: &Table<String, u64>| t.stats().writes.load(std::sync::atomic::Ordering::Relaxed);
+    driver_a.wait_until(WAIT, async |_| Ok(writes(&counts_a) + writes(&counts_b) == 1000)).await.unwrap();
+    // B's standbys follow A's partitions to the end.
+    let applied = |t: &Table<String, u64>| t.stats().standby_applied.load(std::sync::atomic::Ordering::Relaxed);
+    driver_b.wait_until(WAIT, async |_| Ok(applied(&counts_b) >= writes(&counts_a))).await.unwrap();
+    assert!(writes(&counts_a) > 0, "A counted some keys");
+    let replayed_before = replayed(&counts_b);
+    driver_a.stop().await.unwrap();
+    driver_b.wait_until(WAIT, async |_| Ok(counts_b.local_partitions().len() == 4)).await.unwrap();
+    assert_eq!(replayed(&counts_b) - replayed_before, 0, "the takeover replays no changelog: the standby had it");
+    let truth: BTreeMap<String, u64> = (0..40).map(|k| (format!("key-{k}"), 25)).collect();
+    assert_same(&local(&counts_b), &truth, "the survivor");
+    driver_b.stop().await.unwrap();
+}
+
 on_every_transport!(
+    a_global_table_is_whole_on_every_worker_before_its_agents_start,
     counts_survive_a_restart_and_agree_with_the_changelog,
     a_crash_replays_only_the_changelog_tail,
     a_lost_state_directory_is_rebuilt_from_the_changelog,

@@ -22,7 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::store::{MemoryStore, SledStore, Store, Write};
+use std::collections::HashMap;
+
+use super::store::{MemoryStore, PartitionStore, SledStore, Store, Write};
 use super::{TableCore, TablePart};
 use crate::app::{AppCore, TableStore};
 use crate::error::{Error, Result};
@@ -40,6 +42,18 @@ const CHECKPOINT_ACK_WAIT: Duration = Duration::from_secs(10);
 pub(crate) struct Tables {
     tables: Vec<Arc<TableCore>>,
     store: std::sync::Mutex<Option<Arc<dyn Store>>>,
+    /// Standby partitions (by table index and partition): warm copies of
+    /// partitions other workers own, following their changelogs. Locked by
+    /// whoever writes a store partition outside its owner: the follower, and
+    /// a recovery taking a standby over.
+    standbys: tokio::sync::Mutex<HashMap<(usize, i32), Standby>>,
+}
+
+/// A warm copy of a partition this worker does not own.
+struct Standby {
+    store: Arc<dyn PartitionStore>,
+    /// The changelog offset to read next.
+    next: i64,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
@@ -49,12 +63,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 impl Tables {
-    /// Checks the app's tables and opens their store (none without tables).
+    /// Checks the app's tables against their topics (before topics are created).
+    pub(crate) fn check(core: &AppCore) -> Result<()> {
+        lock(&core.tables).iter().try_for_each(|t| t.check())
+    }
+
+    /// Opens the tables' store (none without tables) and recovers the global
+    /// tables (after topics are created).
     pub(crate) async fn open(core: &Arc<AppCore>) -> Result<Tables> {
         let tables: Vec<Arc<TableCore>> = lock(&core.tables).clone();
-        for table in &tables {
-            table.check()?;
-        }
         let store: Option<Arc<dyn Store>> = match (tables.is_empty(), core.config.table_store) {
             (true, _) => None,
             (false, TableStore::Memory) => Some(Arc::new(MemoryStore::default())),
@@ -63,26 +80,76 @@ impl Tables {
                 Some(Arc::new(blocking(move || SledStore::open(&dir)).await?))
             }
         };
-        Ok(Tables { tables, store: std::sync::Mutex::new(store) })
+        let tables = Tables { tables, store: std::sync::Mutex::new(store), standbys: Default::default() };
+        // Global tables are whole on every worker before any agent starts.
+        for table in tables.tables.iter().filter(|t| t.global) {
+            for partition in 0..table.partition_count() {
+                let part = recover(table, tables.store()?, partition).await?;
+                table.insert_part(Arc::new(part));
+            }
+        }
+        Ok(tables)
     }
 
     fn store(&self) -> Result<Arc<dyn Store>> {
         lock(&self.store).clone().ok_or(Error::ShuttingDown)
     }
 
-    fn of_topic<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Arc<TableCore>> + 'a {
-        self.tables.iter().filter(move |t| &*t.source == topic)
+    fn of_topic<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = (usize, &'a Arc<TableCore>)> + 'a {
+        self.tables.iter().enumerate().filter(move |(_, t)| !t.global && &*t.source == topic)
     }
 
-    /// Recovers the table partitions of newly assigned topic partitions.
+    /// Recovers the table partitions of newly assigned topic partitions. A
+    /// partition this worker kept a standby of replays only what the standby
+    /// had not applied yet.
     pub(crate) async fn assigned(&self, tps: &[TopicPartition]) -> Result<()> {
+        let mut standbys = self.standbys.lock().await;
         for tp in tps {
-            for table in self.of_topic(&tp.topic) {
+            for (index, table) in self.of_topic(&tp.topic) {
                 if table.part(tp.partition).is_ok() {
                     continue;
                 }
+                if standbys.remove(&(index, tp.partition)).is_some() {
+                    tracing::info!(table = %table.name, partition = tp.partition, "taking over a standby partition");
+                }
                 let part = recover(table, self.store()?, tp.partition).await?;
                 table.insert_part(Arc::new(part));
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings global tables and standby partitions up to their changelogs'
+    /// ends (called periodically).
+    pub(crate) async fn follow(&self) -> Result<()> {
+        let Ok(store) = self.store() else { return Ok(()) };
+        let mut standbys = self.standbys.lock().await;
+        for (index, table) in self.tables.iter().enumerate() {
+            if table.global {
+                for part in table.served() {
+                    let from = part.next_offset();
+                    let (next, _) = catch_up(table, &part.store, part.partition, from, &table.stats.replayed).await?;
+                    part.set_next_offset(next);
+                }
+                continue;
+            }
+            if table.standby_replicas() == 0 {
+                continue;
+            }
+            for partition in 0..table.partition_count() {
+                if table.part(partition).is_ok() {
+                    continue;
+                }
+                let standby = match standbys.remove(&(index, partition)) {
+                    Some(standby) => standby,
+                    None => {
+                        let (store, from, _) = open_partition(table, store.clone(), partition).await?;
+                        Standby { store, next: from }
+                    }
+                };
+                let (next, _) =
+                    catch_up(table, &standby.store, partition, standby.next, &table.stats.standby_applied).await?;
+                standbys.insert((index, partition), Standby { store: standby.store, next });
             }
         }
         Ok(())
@@ -92,7 +159,7 @@ impl Tables {
     /// partitions (after their events were drained and committed).
     pub(crate) async fn revoked(&self, tps: &[TopicPartition]) {
         for tp in tps {
-            for table in self.of_topic(&tp.topic) {
+            for (_, table) in self.of_topic(&tp.topic) {
                 if let Ok(part) = table.part(tp.partition) {
                     let _one = table.checkpointing.lock().await;
                     if let Err(e) = checkpoint(table, &part).await {
@@ -140,6 +207,9 @@ impl Tables {
                 table.remove_part(part.partition);
             }
         }
+        if let Ok(mut standbys) = self.standbys.try_lock() {
+            standbys.clear();
+        }
         lock(&self.store).take();
     }
 
@@ -155,6 +225,7 @@ impl Tables {
                 table.remove_part(part.partition);
             }
         }
+        self.standbys.lock().await.clear();
         lock(&self.store).take();
     }
 }
@@ -195,6 +266,19 @@ async fn recover(table: &TableCore, store: Arc<dyn Store>, partition: i32) -> Re
 }
 
 async fn replay(table: &TableCore, store: Arc<dyn Store>, partition: i32) -> Result<(TablePart, u64)> {
+    let (part_store, from, _) = open_partition(table, store, partition).await?;
+    tracing::info!(table = %table.name, partition, from_offset = from, "table partition recovering");
+    let (next, replayed) = catch_up(table, &part_store, partition, from, &table.stats.replayed).await?;
+    Ok((TablePart::new(partition, part_store, next), replayed))
+}
+
+/// Opens a partition's store: the store, the changelog offset to read from,
+/// and whether it had to be dropped (and so is rebuilt from the start).
+async fn open_partition(
+    table: &TableCore,
+    store: Arc<dyn Store>,
+    partition: i32,
+) -> Result<(Arc<dyn PartitionStore>, i64, bool)> {
     let name = table.name.clone();
     let (part_store, applied, rebuilt) = blocking(move || {
         let part = store.partition(&name, partition)?;
@@ -217,9 +301,19 @@ async fn replay(table: &TableCore, store: Arc<dyn Store>, partition: i32) -> Res
     if rebuilt {
         table.stats.rebuilt.fetch_add(1, Ordering::Relaxed);
     }
+    Ok((part_store, applied.map_or(0, |o| o + 1), rebuilt))
+}
+
+/// Applies a partition's changelog from `from` to its end to the store;
+/// returns the offset after the end and how many records it applied.
+async fn catch_up(
+    table: &TableCore,
+    part_store: &Arc<dyn PartitionStore>,
+    partition: i32,
+    mut from: i64,
+    counter: &std::sync::atomic::AtomicU64,
+) -> Result<(i64, u64)> {
     let tp = TopicPartition { topic: table.changelog.clone(), partition };
-    let mut from = applied.map_or(0, |o| o + 1);
-    tracing::info!(table = %table.name, partition, from_offset = from, "table partition recovering");
     let mut replayed = 0u64;
     // Writing a batch to the store overlaps with reading the next one.
     let mut writing: Option<tokio::task::JoinHandle<Result<()>>> = None;
@@ -235,7 +329,7 @@ async fn replay(table: &TableCore, store: Arc<dyn Store>, partition: i32) -> Res
             let ps = part_store.clone();
             writing = Some(tokio::task::spawn_blocking(move || ps.apply(&writes, Some(last))));
             replayed += n as u64;
-            table.stats.replayed.fetch_add(n as u64, Ordering::Relaxed);
+            counter.fetch_add(n as u64, Ordering::Relaxed);
         }
         from = batch.next.max(from);
         if n < RECOVERY_BATCH {
@@ -243,13 +337,13 @@ async fn replay(table: &TableCore, store: Arc<dyn Store>, partition: i32) -> Res
         }
         if last_log.elapsed() > Duration::from_secs(5) {
             last_log = Instant::now();
-            tracing::info!(table = %table.name, partition, replayed, at_offset = from, "table partition recovering");
+            tracing::info!(table = %table.name, partition, replayed, at_offset = from, "catching up with the changelog");
         }
     }
     if let Some(previous) = writing.take() {
         join(previous).await?;
     }
-    Ok((TablePart::new(partition, part_store, from), replayed))
+    Ok((from, replayed))
 }
 
 async fn join(task: tokio::task::JoinHandle<Result<()>>) -> Result<()> {

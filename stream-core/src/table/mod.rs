@@ -109,6 +109,9 @@ pub struct TableStats {
     pub late_events: AtomicU64,
     /// Windows closed (windowed tables).
     pub windows_closed: AtomicU64,
+    /// Changelog records applied to standby partitions (and so not replayed
+    /// when this worker takes them over).
+    pub standby_applied: AtomicU64,
 }
 
 /// What the app knows of a declared table, whatever its types.
@@ -120,6 +123,11 @@ pub(crate) struct TableCore {
     pub(crate) source: Arc<str>,
     /// Partitions asked for with [`Table::partitions`], checked at start.
     declared: Mutex<Option<i32>>,
+    /// Standby replicas asked for (0: none).
+    standby_replicas: std::sync::atomic::AtomicUsize,
+    /// A global table: every worker holds every partition, following the
+    /// changelog; the source is the changelog itself.
+    pub(crate) global: bool,
     /// The partition count, known once the worker starts.
     partitions: AtomicI32,
     pub(crate) core: Arc<AppCore>,
@@ -152,8 +160,17 @@ impl TableCore {
         }
     }
 
+    pub(crate) fn standby_replicas(&self) -> usize {
+        self.standby_replicas.load(Ordering::Relaxed)
+    }
+
     /// Checks the table against its topic, before the worker starts.
     pub(crate) fn check(&self) -> Result<()> {
+        if self.global {
+            let n = self.partition_count();
+            self.partitions.store(n, Ordering::Release);
+            return Ok(());
+        }
         let topic = lock(&self.core.topics).get(&*self.source).map(|t| t.spec.partitions);
         let Some(topic) = topic else {
             return Err(self.error(format!("its topic {} is not declared by this app", self.source)));
@@ -240,6 +257,16 @@ impl TablePart {
         }
     }
 
+    /// The changelog offset the next change gets (for a global table: the
+    /// offset its follower reads next).
+    pub(crate) fn next_offset(&self) -> i64 {
+        lock(&self.pending).next_offset
+    }
+
+    pub(crate) fn set_next_offset(&self, next: i64) {
+        lock(&self.pending).next_offset = next;
+    }
+
     fn read(&self, key: &[u8]) -> Result<Option<Bytes>> {
         {
             let p = lock(&self.pending);
@@ -321,15 +348,19 @@ impl<K, V> std::fmt::Debug for TablePartition<'_, K, V> {
 }
 
 impl<K: Payload, V: Payload> Table<K, V> {
-    pub(crate) fn declare(core: &Arc<AppCore>, name: &str, source: Arc<str>) -> Self {
-        let changelog = core.config.topic_name(&format!("{}-{name}-changelog", core.config.id));
+    pub(crate) fn declare(core: &Arc<AppCore>, name: &str, source: Option<Arc<str>>) -> Self {
+        let changelog: Arc<str> = Arc::from(core.config.topic_name(&format!("{}-{name}-changelog", core.config.id)));
+        let global = source.is_none();
+        let source = source.unwrap_or_else(|| changelog.clone());
         let stats = Arc::new(TableStats::default());
         core.metrics.add_table(name, stats.clone());
         let inner = Arc::new(TableCore {
             name: name.to_owned(),
-            changelog: Arc::from(changelog),
+            changelog,
             source,
             declared: Mutex::new(None),
+            standby_replicas: Default::default(),
+            global,
             partitions: AtomicI32::new(0),
             core: core.clone(),
             parts: RwLock::default(),
@@ -350,6 +381,15 @@ impl<K: Payload, V: Payload> Table<K, V> {
     /// a different count is an error when the worker starts.
     pub fn partitions(self, n: i32) -> Self {
         *lock(&self.inner.declared) = Some(n);
+        self
+    }
+
+    /// Keeps warm copies of partitions other workers own, following their
+    /// changelogs, so taking one over (when its owner stops or fails) replays
+    /// only the changelog written since the copy last caught up. With `n > 0`
+    /// every worker follows every partition of the table it does not own.
+    pub fn standby_replicas(self, n: usize) -> Self {
+        self.inner.standby_replicas.store(n, Ordering::Relaxed);
         self
     }
 
@@ -456,6 +496,91 @@ impl<K: Payload, V: Payload> Table<K, V> {
         self.value_codec
             .decode_bytes(bytes)
             .map_err(|e| self.inner.error(format!("a stored value does not decode: {e}")))
+    }
+}
+
+/// A table every worker holds whole, kept current from its changelog: for
+/// reference data every event may need (a sensor registry, exchange rates),
+/// whatever partition the event came from.
+///
+/// Writes go to the changelog; every worker (the writer too) applies them
+/// when it reads them back, a fraction of a second later. Before its agents
+/// start, a worker reads every partition of the changelog to its end.
+///
+/// ```
+/// # use stream_core::prelude::*;
+/// # async fn doc(app: App) -> Result<(), stream_core::Error> {
+/// let sensors = app.global_table::<String, String>("sensor-names");
+/// sensors.insert(&"s1".to_string(), &"boiler room".to_string()).await?;
+/// // later, in any agent on any worker:
+/// let name = sensors.get(&"s1".to_string())?;
+/// # let _ = name; Ok(()) }
+/// ```
+pub struct GlobalTable<K, V> {
+    table: Table<K, V>,
+}
+
+impl<K, V> Clone for GlobalTable<K, V> {
+    fn clone(&self) -> Self {
+        GlobalTable { table: self.table.clone() }
+    }
+}
+
+impl<K, V> std::fmt::Debug for GlobalTable<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlobalTable").field("name", &self.table.inner.name).finish_non_exhaustive()
+    }
+}
+
+impl<K: Payload, V: Payload> GlobalTable<K, V> {
+    pub(crate) fn declare(core: &Arc<AppCore>, name: &str) -> Self {
+        GlobalTable { table: Table::declare(core, name, None) }
+    }
+
+    /// Creates the changelog with `n` partitions (the app's default otherwise).
+    pub fn partitions(self, n: i32) -> Self {
+        GlobalTable { table: self.table.partitions(n) }
+    }
+
+    /// The value of `key`, as this worker last read it.
+    pub fn get(&self, key: &K) -> Result<Option<V>> {
+        self.table.get(key)
+    }
+
+    /// Every key and value.
+    pub fn entries(&self) -> Result<Vec<(K, V)>> {
+        self.table.local_entries()
+    }
+
+    /// Sets the value of `key` on every worker. Await the receipt to know the
+    /// broker has it.
+    pub async fn insert(&self, key: &K, value: &V) -> Result<crate::DeliveryReceipt> {
+        let v = self.table.encode_value(value)?;
+        self.send(key, Some(v)).await
+    }
+
+    /// Removes `key` on every worker.
+    pub async fn remove(&self, key: &K) -> Result<crate::DeliveryReceipt> {
+        self.send(key, None).await
+    }
+
+    async fn send(&self, key: &K, value: Option<Bytes>) -> Result<crate::DeliveryReceipt> {
+        let k = self.table.encode_key(key)?;
+        let partitions = self.table.inner.partition_count();
+        let msg = OutMessage {
+            topic: self.table.inner.changelog.clone(),
+            partition: Some(partition_for_key(&k, partitions)),
+            key: Some(k),
+            value,
+            headers: Vec::new(),
+            timestamp_ms: None,
+        };
+        produce(&self.table.inner.core, msg).await
+    }
+
+    /// The underlying table (its name, changelog and counters).
+    pub fn table(&self) -> &Table<K, V> {
+        &self.table
     }
 }
 
