@@ -6,4 +6,5 @@
 pub mod dlq;
 pub mod hello;
 pub mod relay;
+pub mod windowed_average;
 pub mod wordcount;

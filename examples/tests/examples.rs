@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::json;
 use stream_core::testing::TestDriver;
-use strom_examples::{dlq, hello, relay, wordcount};
+use strom_examples::windowed_average::Reading;
+use strom_examples::{dlq, hello, relay, windowed_average, wordcount};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -84,6 +85,51 @@ async fn wordcount_counts_every_word_in_its_table_and_emits_each_update() {
     assert_eq!(table, truth);
     let letters = driver.dead_letters("words.in", 1, WAIT).await.unwrap();
     assert!(letters[0].error.contains("utf"), "{}", letters[0].error);
+    driver.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn windowed_average_emits_each_window_once_when_it_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let app =
+        TestDriver::builder_on("memory://windowed-average", "windowed-average").state_dir(dir.path()).build().unwrap();
+    let topics = windowed_average::build(&app);
+    let driver = TestDriver::start(&app).await.unwrap();
+    let base = 1_700_000_000_000 - 1_700_000_000_000 % 10_000;
+    let reading = |sensor: &str, value: f64, at: i64| Reading { sensor: sensor.into(), value, time: base + at };
+    // Window [0, 10 s): s1 20, 22 and (1 s late, within grace) 24; s2 10.
+    // The 25 s reading closes it; the one at 3 s after that is too late.
+    for r in [
+        reading("s1", 20.0, 1_000),
+        reading("s2", 10.0, 2_000),
+        reading("s1", 22.0, 9_000),
+        reading("s1", 30.0, 10_500),
+        reading("s1", 24.0, 9_500),
+        reading("s1", 40.0, 25_000),
+        reading("s1", 99.0, 3_000),
+    ] {
+        driver.send(&topics.input, Some(&r.sensor.clone()), &r).await.unwrap();
+    }
+    driver.send_raw("readings.in", Some(b"s9"), br#"{"sensor": "s9", "value": 1e9, "time": 0}"#).await.unwrap();
+    // The first window closes by the watermark; the others when the partition goes idle.
+    let closed = driver.read(&topics.output, 4, WAIT + windowed_average::IDLE).await.unwrap();
+    let mut got: Vec<(String, i64, f64, u64)> = closed
+        .iter()
+        .map(|e| (e.value().sensor.clone(), e.value().start - base, e.value().average, e.value().count))
+        .collect();
+    got.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    assert_eq!(
+        got,
+        vec![
+            ("s1".into(), 0, 22.0, 3),
+            ("s1".into(), 10_000, 30.0, 1),
+            ("s1".into(), 20_000, 40.0, 1),
+            ("s2".into(), 0, 10.0, 1),
+        ]
+    );
+    assert_eq!(topics.sums.table().stats().late_events.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let letters = driver.dead_letters("readings.in", 1, WAIT).await.unwrap();
+    assert!(letters[0].error.contains("value"), "{}", letters[0].error);
     driver.stop().await.unwrap();
 }
 

@@ -14,7 +14,7 @@ use crate::record::Payload;
 use crate::stream::EventStream;
 use crate::table::window::{CountWindows, SlidingWindows, WindowedTable, Windows};
 use crate::table::{GlobalTable, Table, TableCore};
-use crate::timer::{Schedule, TimerDef};
+use crate::timer::{Schedule, Shutdown, TaskDef, TimerDef};
 use crate::topic::{Topic, TopicInfo};
 use crate::tracking::{SendTracker, lock};
 use crate::transport::{self, Producer, Transport};
@@ -274,6 +274,7 @@ pub struct App {
     pub(crate) core: Arc<AppCore>,
     pub(crate) agents: Arc<Mutex<Vec<Arc<Mutex<AgentDef>>>>>,
     pub(crate) timers: Arc<Mutex<Vec<TimerDef>>>,
+    pub(crate) tasks: Arc<Mutex<Vec<TaskDef>>>,
 }
 
 impl std::fmt::Debug for App {
@@ -317,6 +318,7 @@ impl App {
             }),
             agents: Arc::default(),
             timers: Arc::default(),
+            tasks: Arc::default(),
         })
     }
 
@@ -426,6 +428,39 @@ impl App {
         let schedule = Schedule::cron(expr)?;
         lock(&self.timers).push(TimerDef::new(name, schedule, f));
         Ok(())
+    }
+
+    /// Runs `f` for as long as the worker runs: a source reading from outside
+    /// (MQTT, a websocket) and sending to topics, say. `f` gets a [`Shutdown`]
+    /// that resolves when the worker stops; the worker waits (up to its
+    /// shutdown timeout) for `f` to return before it flushes and commits. A run
+    /// that fails is started again after a backoff.
+    ///
+    /// ```
+    /// # let app = stream_core::App::builder("doc").broker("memory://").build()?;
+    /// let ticks = app.topic::<(), u64>("ticks");
+    /// app.task("ticker", move |mut shutdown| {
+    ///     let ticks = ticks.clone();
+    ///     async move {
+    ///         let mut n = 0;
+    ///         loop {
+    ///             tokio::select! {
+    ///                 () = shutdown.wait() => return Ok(()),
+    ///                 () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+    ///             }
+    ///             n += 1;
+    ///             ticks.send(None, &n).await?;
+    ///         }
+    ///     }
+    /// });
+    /// # Ok::<(), stream_core::Error>(())
+    /// ```
+    pub fn task<F, Fut>(&self, name: &str, f: F)
+    where
+        F: Fn(Shutdown) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        lock(&self.tasks).push(TaskDef::new(name, f));
     }
 
     /// The declared agents: name, source topic, concurrency.

@@ -79,6 +79,7 @@ pub use stream::{Batches, EventStream};
 #[cfg(feature = "derive")]
 pub use stream_macros::Record;
 pub use table::{GlobalTable, Table, TablePartition, TableStats};
+pub use timer::Shutdown;
 pub use topic::{MessageBuilder, Topic};
 pub use tracking::DeliveryReceipt;
 pub use worker::Worker;

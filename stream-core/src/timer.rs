@@ -1,4 +1,5 @@
-//! Timers and crontabs: work on a schedule, alongside the agents.
+//! Timers, crontabs and tasks: work alongside the agents, on a schedule or for
+//! as long as the worker runs (sources that read from outside, say).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -83,6 +84,79 @@ impl TimerDef {
     }
 }
 
+/// Tells a task started by [`App::task`](crate::App::task) that the worker
+/// is stopping.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Resolves once the worker is stopping.
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|s| *s).await;
+    }
+
+    /// Whether the worker is stopping.
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+type TaskFn = Arc<dyn Fn(Shutdown) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+
+/// A declared task.
+#[derive(Clone)]
+pub(crate) struct TaskDef {
+    pub(crate) name: String,
+    f: TaskFn,
+}
+
+/// The longest wait before a failed task is started again.
+const TASK_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl TaskDef {
+    pub(crate) fn new<F, Fut>(name: &str, f: F) -> Self
+    where
+        F: Fn(Shutdown) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        TaskDef { name: name.to_owned(), f: Arc::new(move |s| Box::pin(f(s))) }
+    }
+
+    /// Runs the task until it returns once the worker is stopping (or on its
+    /// own). A failed run is logged and started again after a backoff (1 s,
+    /// doubling up to 30 s; reset by a run that lasted a minute).
+    pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let started = tokio::time::Instant::now();
+            match (self.f)(Shutdown(stop.clone())).await {
+                Ok(()) => {
+                    if !*stop.borrow() {
+                        tracing::info!(task = %self.name, "task finished");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    if *stop.borrow() {
+                        tracing::warn!(task = %self.name, error = %e, "task failed while stopping");
+                        return;
+                    }
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff = Duration::from_secs(1);
+                    }
+                    tracing::error!(task = %self.name, error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "task failed; starting it again");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            backoff = (backoff * 2).min(TASK_MAX_BACKOFF);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +192,30 @@ mod tests {
         let task = tokio::spawn(def.run(rx));
         tokio::time::sleep(Duration::from_millis(3500)).await;
         assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+        tx.send_replace(true);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tasks_restart_after_failures_and_end_on_shutdown() {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let r = runs.clone();
+        let def = TaskDef::new("source", move |mut shutdown| {
+            let r = r.clone();
+            async move {
+                if r.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                    return Err("connection refused".into());
+                }
+                shutdown.wait().await;
+                Ok(())
+            }
+        });
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(def.run(rx));
+        // Fails at 0 s and 1 s (backoff 1 s, then 2 s), runs from 3 s on.
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert!(!task.is_finished());
         tx.send_replace(true);
         task.await.unwrap();
     }

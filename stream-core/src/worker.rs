@@ -241,6 +241,8 @@ pub struct Worker {
     agents: Vec<Arc<AgentRuntime>>,
     dispatcher: Option<tokio::task::JoinHandle<Option<mpsc::Receiver<ConsumerEvent>>>>,
     instances: JoinSet<()>,
+    /// Tasks ([`App::task`]): stopped first, so what they send is flushed.
+    tasks: JoinSet<()>,
     background: JoinSet<()>,
     stop_rx: watch::Receiver<bool>,
     web_addr: Option<SocketAddr>,
@@ -330,6 +332,10 @@ impl Worker {
         for timer in lock(&app.timers).iter().cloned() {
             background.spawn(timer.run(stop_rx.clone()));
         }
+        let mut tasks = JoinSet::new();
+        for task in lock(&app.tasks).iter().cloned() {
+            tasks.spawn(task.run(stop_rx.clone()));
+        }
         let web_addr = match core.config.web_port {
             #[cfg(feature = "web")]
             Some(port) => {
@@ -344,7 +350,7 @@ impl Worker {
             _ => None,
         };
         tracing::info!(app = %core.config.id, broker = %core.config.broker, agents = agents.len(), "worker started");
-        Ok(Worker { shared, agents, dispatcher: Some(dispatcher), instances, background, stop_rx, web_addr })
+        Ok(Worker { shared, agents, dispatcher: Some(dispatcher), instances, tasks, background, stop_rx, web_addr })
     }
 
     /// The address of the HTTP endpoint (`/metrics`, `/health`, `/ready`), if it serves one.
@@ -404,6 +410,11 @@ impl Worker {
     pub async fn stop(mut self) -> Result<()> {
         let timeout = self.shared.core.config.shutdown_timeout;
         self.shared.stop.send_replace(true);
+        let tasks = tokio::time::timeout(timeout, async { while self.tasks.join_next().await.is_some() {} }).await;
+        if tasks.is_err() {
+            tracing::warn!("tasks did not stop in time; aborting them");
+            self.tasks.abort_all();
+        }
         let mut events = None;
         if let Some(dispatcher) = self.dispatcher.take() {
             match tokio::time::timeout(timeout, dispatcher).await {

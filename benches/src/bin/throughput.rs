@@ -1,7 +1,11 @@
 //! The throughput harness: in one run against one broker, with the same input,
-//! (a) a raw rdkafka consume → transform → produce loop and (b) Strom's
-//! `relay`; prints msgs/s and CPU per message of each and the ratio b/a, then
-//! the resident memory of an idle `relay` worker process.
+//! (a) a raw rdkafka consume → transform → produce loop, (b) Strom's `relay`
+//! and (c) an agent that updates a table per event (count and the last 10
+//! readings of each key, with its changelog); prints msgs/s and CPU per
+//! message of each and the ratios b/a and c/a. Then the tables' recovery:
+//! the cold recovery rate of (c)'s table into an empty state directory, and
+//! the warm restart time of a table of 1,000,000 keys; and the resident
+//! memory of an idle `relay` worker process.
 //!
 //! ```text
 //! cargo build --release -p strom-examples --bin relay
@@ -25,6 +29,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde_json::{Map, Value};
+use stream_core::prelude::*;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -40,6 +45,8 @@ fn main() -> Res<()> {
     println!("broker {servers}, {messages} messages of ~100 B on 4 partitions, {rounds} round(s)");
     let mut raw_best: Option<Measure> = None;
     let mut strom_best: Option<Measure> = None;
+    let mut table_best: Option<Measure> = None;
+    let state = std::env::temp_dir().join(format!("{run}-state"));
     for round in 0..rounds {
         let prefix = format!("{run}-{round}-");
         let input = format!("{prefix}relay.in");
@@ -54,15 +61,23 @@ fn main() -> Res<()> {
             let strom = rt.block_on(strom_relay(&servers, &prefix, messages))?;
             (raw_loop(&servers, &input, &format!("{prefix}raw.out"), &format!("{prefix}raw"), messages)?, strom)
         };
+        let table = rt.block_on(table_agent(&servers, &prefix, &state.join(&prefix), messages))?;
         println!(
-            "round {}: raw {:>9.0} msg/s {:>5.2} µs CPU/msg | relay {:>9.0} msg/s {:>5.2} µs CPU/msg | ratio {:.3}",
+            "round {}: raw {:>9.0} msg/s {:>5.2} µs CPU/msg | relay {:>9.0} msg/s {:>5.2} µs CPU/msg | ratio {:.3} \
+             | table {:>9.0} msg/s {:>5.2} µs CPU/msg | ratio {:.3}",
             round + 1,
             raw.rate(),
             raw.cpu_per_msg_us(),
             strom.rate(),
             strom.cpu_per_msg_us(),
-            strom.rate() / raw.rate()
+            strom.rate() / raw.rate(),
+            table.rate(),
+            table.cpu_per_msg_us(),
+            table.rate() / raw.rate(),
         );
+        if table_best.as_ref().is_none_or(|b| table.rate() > b.rate()) {
+            table_best = Some(table);
+        }
         if raw_best.as_ref().is_none_or(|b| raw.rate() > b.rate()) {
             raw_best = Some(raw);
         }
@@ -70,7 +85,7 @@ fn main() -> Res<()> {
             strom_best = Some(strom);
         }
     }
-    if let (Some(raw), Some(strom)) = (raw_best, strom_best) {
+    if let (Some(raw), Some(strom)) = (&raw_best, strom_best) {
         println!(
             "best: raw {:.0} msg/s ({:.2} µs CPU/msg), relay {:.0} msg/s ({:.2} µs CPU/msg); \
              throughput ratio b/a = {:.3}, CPU ratio b/a = {:.2}",
@@ -82,6 +97,31 @@ fn main() -> Res<()> {
             strom.cpu_per_msg_us() / raw.cpu_per_msg_us()
         );
     }
+    if let Some(table) = table_best {
+        let raw = raw_best.as_ref().map_or(f64::NAN, Measure::rate);
+        println!(
+            "best: table agent {:.0} msg/s ({:.2} µs CPU/msg); throughput ratio c/a = {:.3}",
+            table.rate(),
+            table.cpu_per_msg_us(),
+            table.rate() / raw
+        );
+    }
+    // Cold recovery: round 1's table into an empty state directory.
+    let (replayed, took) = rt.block_on(recover_cold(&servers, &format!("{run}-0-"), &state.join("cold")))?;
+    println!(
+        "cold recovery: {replayed} changelog records in {:.2} s = {:.0} records/s",
+        took.as_secs_f64(),
+        replayed as f64 / took.as_secs_f64()
+    );
+    let warm = rt.block_on(warm_restart(&servers, &format!("{run}-warm-"), &state.join("warm"), 1_000_000))?;
+    println!(
+        "warm restart of a {}-key table: recovery {:.3} s replaying {} records; start to ready {:.2} s",
+        warm.keys,
+        warm.recovery.as_secs_f64(),
+        warm.replayed,
+        warm.ready.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&state);
     match idle_rss(&servers, &format!("{run}-idle-")) {
         Ok(kib) => println!("idle relay worker: {:.1} MiB resident", kib as f64 / 1024.0),
         Err(e) => println!("idle relay worker: not measured ({e})"),
@@ -247,6 +287,176 @@ async fn strom_relay(servers: &str, prefix: &str, n: usize) -> Res<Measure> {
     let measure = Measure { messages: n, elapsed: t0.elapsed(), cpu: cpu_time() - c0 };
     worker.stop().await?;
     Ok(measure)
+}
+
+/// The app of (c): per event, the key's count and its last 10 readings in
+/// the table `stats`.
+fn table_app(servers: &str, prefix: &str, id: &str, state: &std::path::Path) -> Res<(App, Table<String, KeyStats>)> {
+    let app = App::builder(id)
+        .broker(format!("kafka://{servers}"))
+        .topic_prefix(prefix)
+        .state_dir(state)
+        .without_web()
+        .env()?
+        .build()?;
+    let input = app.topic::<String, Value>("relay.in").partitions(4);
+    let stats = app.table::<String, KeyStats>("stats", &input);
+    let table = stats.clone();
+    app.agent("stats", &input, move |mut events| {
+        let stats = table.clone();
+        async move {
+            while let Some(e) = events.next().await {
+                let Some(key) = e.key() else { continue };
+                let reading = e.value().get("reading").and_then(Value::as_f64).unwrap_or(0.0);
+                stats
+                    .at(&e)?
+                    .update(key, |s| {
+                        let mut s = s.unwrap_or_default();
+                        s.count += 1;
+                        s.last.push(reading);
+                        if s.last.len() > 10 {
+                            s.last.remove(0);
+                        }
+                        s.average = s.last.iter().sum::<f64>() / s.last.len() as f64;
+                        s
+                    })
+                    .await?;
+            }
+            Ok(())
+        }
+    });
+    Ok((app, stats))
+}
+
+/// A key's count and the average of its last 10 readings.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct KeyStats {
+    count: u64,
+    last: Vec<f64>,
+    average: f64,
+}
+
+impl Payload for KeyStats {
+    type Codec = stream_core::codec::Json;
+}
+
+/// (c) The table agent, in this process, on the same input.
+async fn table_agent(servers: &str, prefix: &str, state: &std::path::Path, n: usize) -> Res<Measure> {
+    let (app, _stats) = table_app(servers, prefix, "tables", state)?;
+    let worker = app.start().await?;
+    let stats = worker.agent_stats("stats").ok_or("no stats agent")?;
+    let measure = measure_agent(&app, &stats, n).await?;
+    worker.stop().await?;
+    Ok(measure)
+}
+
+/// Times an agent from its first event received to its `n`th processed and
+/// everything it sent acknowledged.
+async fn measure_agent(app: &App, stats: &stream_core::AgentStats, n: usize) -> Res<Measure> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while stats.received.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let (t0, c0) = (Instant::now(), cpu_time());
+    while (stats.processed.load(Ordering::Relaxed) as usize) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Done means acknowledged by the broker.
+    app.flush(Duration::from_secs(60)).await?;
+    Ok(Measure { messages: n, elapsed: t0.elapsed(), cpu: cpu_time() - c0 })
+}
+
+/// Recovers (c)'s table of the run `prefix` into an empty state directory:
+/// the records replayed and the time the recoveries took.
+async fn recover_cold(servers: &str, prefix: &str, state: &std::path::Path) -> Res<(u64, Duration)> {
+    // The same app (so the same changelog and group, committed to the end),
+    // alone in its group, so it recovers every partition.
+    let (app, stats) = table_app(servers, prefix, "tables", state)?;
+    let worker = app.start().await?;
+    wait_ready(&worker).await?;
+    let replayed = stats.stats().replayed.load(Ordering::Relaxed);
+    let took = Duration::from_nanos(stats.stats().recovery_ns.load(Ordering::Relaxed));
+    worker.stop().await?;
+    Ok((replayed, took))
+}
+
+async fn wait_ready(worker: &stream_core::Worker) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !worker.is_ready() {
+        if Instant::now() > deadline {
+            return Err("no assignment within 10 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+struct Warm {
+    keys: usize,
+    recovery: Duration,
+    replayed: u64,
+    ready: Duration,
+}
+
+/// Fills a table with `keys` keys (events that each set 10,000 keys), stops
+/// the worker cleanly and times the restart on the same state directory.
+async fn warm_restart(servers: &str, prefix: &str, state: &std::path::Path, keys: usize) -> Res<Warm> {
+    let build = || -> Res<(App, Topic<u32, u32>, Table<String, u8>)> {
+        let app = App::builder("warm")
+            .broker(format!("kafka://{servers}"))
+            .topic_prefix(prefix)
+            .state_dir(state)
+            .without_web()
+            .env()?
+            .build()?;
+        let fill = app.topic::<u32, u32>("fill").partitions(4);
+        let table = app.table::<String, u8>("keys", &fill);
+        let t = table.clone();
+        app.agent("fill", &fill, move |mut events| {
+            let table = t.clone();
+            async move {
+                while let Some(e) = events.next().await {
+                    let part = table.at(&e)?;
+                    let block = *e.value();
+                    for i in 0..10_000 {
+                        part.insert(&format!("key-{block}-{i}"), &1).await?;
+                    }
+                }
+                Ok(())
+            }
+        });
+        Ok((app, fill, table))
+    };
+    let (app, fill, table) = build()?;
+    let worker = app.start().await?;
+    wait_ready(&worker).await?;
+    let blocks = keys.div_ceil(10_000) as u32;
+    for block in 0..blocks {
+        fill.send(&block, &block).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while table.stats().writes.load(Ordering::Relaxed) < u64::from(blocks) * 10_000 {
+        if Instant::now() > deadline {
+            return Err("the table did not fill within 15 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop().await?;
+    drop((app, fill, table));
+
+    let (app, _fill, table) = build()?;
+    let started = Instant::now();
+    let worker = app.start().await?;
+    wait_ready(&worker).await?;
+    let ready = started.elapsed();
+    let warm = Warm {
+        keys: blocks as usize * 10_000,
+        recovery: Duration::from_nanos(table.stats().recovery_ns.load(Ordering::Relaxed)),
+        replayed: table.stats().replayed.load(Ordering::Relaxed),
+        ready,
+    };
+    worker.stop().await?;
+    Ok(warm)
 }
 
 /// Starts the release `relay` binary next to this one, lets it idle for five
