@@ -391,6 +391,9 @@ async fn wait_ready(worker: &stream_core::Worker) -> Res<()> {
     Ok(())
 }
 
+/// The warm-restart app, its input and its table.
+type WarmApp = (App, Topic<u32, u32>, Table<String, u8>);
+
 struct Warm {
     keys: usize,
     recovery: Duration,
@@ -401,7 +404,7 @@ struct Warm {
 /// Fills a table with `keys` keys (events that each set 10,000 keys), stops
 /// the worker cleanly and times the restart on the same state directory.
 async fn warm_restart(servers: &str, prefix: &str, state: &std::path::Path, keys: usize) -> Res<Warm> {
-    let build = || -> Res<(App, Topic<u32, u32>, Table<String, u8>)> {
+    let build = || -> Res<WarmApp> {
         let app = App::builder("warm")
             .broker(format!("kafka://{servers}"))
             .topic_prefix(prefix)
