@@ -95,7 +95,7 @@ async fn windowed_average_emits_each_window_once_when_it_closes() {
         TestDriver::builder_on("memory://windowed-average", "windowed-average").state_dir(dir.path()).build().unwrap();
     let topics = windowed_average::build(&app);
     let driver = TestDriver::start(&app).await.unwrap();
-    let base = 1_700_000_000_000 - 1_700_000_000_000 % 10_000;
+    let base: i64 = 1_700_000_000_000; // a multiple of the 10 s window
     let reading = |sensor: &str, value: f64, at: i64| Reading { sensor: sensor.into(), value, time: base + at };
     // Window [0, 10 s): s1 20, 22 and (1 s late, within grace) 24; s2 10.
     // The 25 s reading closes it; the one at 3 s after that is too late.
