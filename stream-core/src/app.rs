@@ -275,6 +275,9 @@ pub struct App {
     pub(crate) agents: Arc<Mutex<Vec<Arc<Mutex<AgentDef>>>>>,
     pub(crate) timers: Arc<Mutex<Vec<TimerDef>>>,
     pub(crate) tasks: Arc<Mutex<Vec<TaskDef>>>,
+    /// Routes served by the worker's HTTP endpoint beside its own.
+    #[cfg(feature = "web")]
+    pub(crate) routes: Arc<Mutex<Vec<axum::Router>>>,
 }
 
 impl std::fmt::Debug for App {
@@ -319,6 +322,8 @@ impl App {
             agents: Arc::default(),
             timers: Arc::default(),
             tasks: Arc::default(),
+            #[cfg(feature = "web")]
+            routes: Arc::default(),
         })
     }
 
@@ -461,6 +466,21 @@ impl App {
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
         lock(&self.tasks).push(TaskDef::new(name, f));
+    }
+
+    /// Serves `router`'s routes on the worker's HTTP endpoint, beside
+    /// `/metrics`, `/health` and `/ready` (feature `web`): a service's own API
+    /// on the one port it exposes.
+    ///
+    /// ```
+    /// use axum::routing::get;
+    /// let app = stream_core::App::builder("api").broker("memory://").build()?;
+    /// app.routes(axum::Router::new().route("/hello", get(|| async { "hello" })));
+    /// # Ok::<(), stream_core::Error>(())
+    /// ```
+    #[cfg(feature = "web")]
+    pub fn routes(&self, router: axum::Router) {
+        lock(&self.routes).push(router);
     }
 
     /// The declared agents: name, source topic, concurrency.

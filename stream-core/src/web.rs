@@ -1,6 +1,7 @@
 //! The HTTP endpoint of a worker (axum): `/metrics` (Prometheus text format),
 //! `/health` (200 while the worker runs, 503 once it failed) and `/ready`
-//! (200 once the worker had its first assignment).
+//! (200 once the worker had its first assignment), and the routes the app
+//! added with [`App::routes`](crate::App::routes).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,13 +33,17 @@ pub(crate) async fn serve(
     port: u16,
     metrics: Metrics,
     status: Arc<dyn Status>,
+    routes: Vec<Router>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics_page))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .with_state(Web { metrics, status });
+    for extra in routes {
+        app = app.merge(extra);
+    }
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
         .map_err(|source| Error::Io { context: format!("binding the HTTP port {port}"), source })?;

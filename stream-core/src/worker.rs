@@ -339,8 +339,14 @@ impl Worker {
         let web_addr = match core.config.web_port {
             #[cfg(feature = "web")]
             Some(port) => {
-                let (addr, task) =
-                    crate::web::serve(port, core.metrics.clone(), shared.clone(), stop_rx.clone()).await?;
+                let (addr, task) = crate::web::serve(
+                    port,
+                    core.metrics.clone(),
+                    shared.clone(),
+                    lock(&app.routes).clone(),
+                    stop_rx.clone(),
+                )
+                .await?;
                 tracing::info!("metrics at http://{addr}/metrics");
                 background.spawn(async move {
                     let _ = task.await;

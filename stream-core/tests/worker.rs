@@ -106,8 +106,11 @@ async fn the_http_endpoint_serves_health_readiness_and_metrics(env: Env) {
         }
     })
     .on_error(ErrorPolicy::retry(1).backoff(Duration::from_millis(1), Duration::from_millis(1)));
+    // A service's own route, on the same port.
+    app.routes(axum::Router::new().route("/hello", axum::routing::get(|| async { "hello\n" })));
     let driver = TestDriver::start(&app).await.unwrap();
     let port = driver.worker().unwrap().web_addr().unwrap().port();
+    assert_eq!(get(port, "/hello"), (200, "hello\n".into()));
     assert_eq!(get(port, "/health"), (200, "ok\n".into()));
     assert_eq!(get(port, "/ready"), (200, "ready\n".into()));
     for i in 0..100u32 {

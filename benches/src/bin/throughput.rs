@@ -108,10 +108,15 @@ fn main() -> Res<()> {
     }
     // Cold recovery: round 1's table into an empty state directory.
     let (replayed, took) = rt.block_on(recover_cold(&servers, &format!("{run}-0-"), &state.join("cold")))?;
+    let (raw_read, raw_took) = read_all(&servers, &format!("{run}-0-tables-stats-changelog"))?;
     println!(
-        "cold recovery: {replayed} changelog records in {:.2} s = {:.0} records/s",
+        "cold recovery: {replayed} changelog records in {:.2} s = {:.0} records/s; a raw rdkafka consumer reads \
+         the same {raw_read} records in {:.2} s = {:.0} records/s; ratio {:.3}",
         took.as_secs_f64(),
-        replayed as f64 / took.as_secs_f64()
+        replayed as f64 / took.as_secs_f64(),
+        raw_took.as_secs_f64(),
+        raw_read as f64 / raw_took.as_secs_f64(),
+        (replayed as f64 / took.as_secs_f64()) / (raw_read as f64 / raw_took.as_secs_f64()),
     );
     let warm = rt.block_on(warm_restart(&servers, &format!("{run}-warm-"), &state.join("warm"), 1_000_000))?;
     println!(
@@ -378,6 +383,32 @@ async fn recover_cold(servers: &str, prefix: &str, state: &std::path::Path) -> R
     let took = Duration::from_nanos(stats.stats().recovery_ns.load(Ordering::Relaxed));
     worker.stop().await?;
     Ok((replayed, took))
+}
+
+/// Reads every partition of `topic` from the start to its end with a plain
+/// rdkafka consumer: how many records, how long.
+fn read_all(servers: &str, topic: &str) -> Res<(u64, Duration)> {
+    let consumer: BaseConsumer = client(servers)
+        .set("group.id", format!("{topic}-raw-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let started = Instant::now();
+    let (mut read, mut ended) = (0u64, 0);
+    while ended < 4 && started.elapsed() < Duration::from_secs(600) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => read += 1,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => ended += 1,
+            Some(Err(e)) => return Err(e.into()),
+            None => {}
+        }
+    }
+    Ok((read, started.elapsed()))
 }
 
 async fn wait_ready(worker: &stream_core::Worker) -> Res<()> {

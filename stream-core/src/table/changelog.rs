@@ -32,7 +32,7 @@ use crate::tracking::lock;
 use crate::transport::TopicPartition;
 
 /// Changelog records read (and written to the store) at a time during recovery.
-const RECOVERY_BATCH: usize = 20_000;
+const RECOVERY_BATCH: usize = 50_000;
 
 /// How long a checkpoint waits for the changelog records it covers to be
 /// acknowledged before it gives up until the next one.

@@ -53,7 +53,7 @@ pub struct KafkaTransport {
     producer: Arc<KafkaProducer>,
     admin: AdminClient<DefaultClientContext>,
     /// A group-less consumer for [`Transport::read`] and metadata.
-    reader: Arc<Mutex<BaseConsumer>>,
+    reader: Arc<Mutex<BaseConsumer<ReaderCtx>>>,
 }
 
 impl KafkaTransport {
@@ -75,10 +75,12 @@ impl KafkaTransport {
         .map_err(|e| Error::Config(format!("Kafka producer: {e}")))?;
         let admin: AdminClient<DefaultClientContext> =
             base(&[]).create().map_err(|e| Error::Config(format!("Kafka admin client: {e}")))?;
-        let reader: BaseConsumer = base(&[("enable.partition.eof", "true"), ("enable.auto.commit", "false")])
-            .set("group.id", format!("{}-reader", config.id))
-            .create()
-            .map_err(|e| Error::Config(format!("Kafka consumer: {e}")))?;
+        let reader: BaseConsumer<ReaderCtx> =
+            // Reads stop at a partition's end: the broker need not hold an empty fetch.
+            base(&[("enable.partition.eof", "true"), ("enable.auto.commit", "false"), ("fetch.wait.max.ms", "10")])
+                .set("group.id", format!("{}-reader", config.id))
+                .create_with_context(ReaderCtx)
+                .map_err(|e| Error::Config(format!("Kafka consumer: {e}")))?;
         Ok(KafkaTransport {
             servers: servers.to_owned(),
             properties,
@@ -404,6 +406,20 @@ impl ConsumerCtx {
         batch.is_empty() || self.send(ConsumerEvent::Messages(batch))
     }
 }
+
+/// The reader's context: reaching a partition's end is how a read ends, not
+/// an error to log.
+struct ReaderCtx;
+
+impl ClientContext for ReaderCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "librdkafka error (reader)");
+        }
+    }
+}
+
+impl ConsumerContext for ReaderCtx {}
 
 fn tps(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements().iter().map(|e| TopicPartition { topic: e.topic().into(), partition: e.partition() }).collect()
