@@ -339,14 +339,9 @@ impl Worker {
         let web_addr = match core.config.web_port {
             #[cfg(feature = "web")]
             Some(port) => {
-                let (addr, task) = crate::web::serve(
-                    port,
-                    core.metrics.clone(),
-                    shared.clone(),
-                    lock(&app.routes).clone(),
-                    stop_rx.clone(),
-                )
-                .await?;
+                let routes = lock(&app.routes).clone();
+                let (addr, task) =
+                    crate::web::serve(port, core.metrics.clone(), shared.clone(), routes, stop_rx.clone()).await?;
                 tracing::info!("metrics at http://{addr}/metrics");
                 background.spawn(async move {
                     let _ = task.await;
