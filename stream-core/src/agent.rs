@@ -261,7 +261,24 @@ impl InstanceCtx {
             lock(&instance.inboxes).insert(topic.clone(), Inbox::new(rx));
             senders.push(tx);
         }
-        let _ = self.agent.commands.send(Command::AddRoute { agent: self.agent.index, topic: topic.clone(), senders });
+        // The stage's dead-letter topic is created here, off the dispatcher,
+        // which must never wait on the network; then the route is added.
+        let (core, commands, agent, topic) =
+            (self.agent.core.clone(), self.agent.commands.clone(), self.agent.index, topic.clone());
+        tokio::spawn(async move {
+            if let Ok(Some(partitions)) = core.transport.partitions(&topic).await {
+                let spec = crate::transport::TopicSpec {
+                    name: crate::dlq::dlq_topic(&topic),
+                    partitions,
+                    replication: core.config.replication,
+                    config: std::collections::BTreeMap::new(),
+                };
+                if let Err(e) = core.transport.ensure_topics(&[spec]).await {
+                    tracing::warn!(error = %e, "cannot create the dead-letter topic of stage {topic}");
+                }
+            }
+            let _ = commands.send(Command::AddRoute { agent, topic, senders });
+        });
     }
 
     /// Records a failure that must end the handler's run.

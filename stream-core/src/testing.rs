@@ -103,7 +103,13 @@ impl TestDriver {
     }
 
     /// Starts the app's worker and waits (up to 30 s) for its first assignment.
+    ///
+    /// Logs go to the test's captured output (shown when it fails), filtered
+    /// by `RUST_LOG` (default `info`).
     pub async fn start(app: &App) -> Result<TestDriver> {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         let worker = app.start().await?;
         let driver = TestDriver { app: app.clone(), worker: Some(worker), cursors: Mutex::default() };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

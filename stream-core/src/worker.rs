@@ -322,6 +322,7 @@ impl Worker {
             assigned: HashSet::new(),
             waiting: FuturesUnordered::new(),
             held: HashMap::new(),
+            resubscribe: false,
         };
         let dispatcher = tokio::spawn(dispatcher.run(consumer.events, commands_rx, stop_rx.clone()));
 
@@ -551,6 +552,8 @@ struct Dispatcher {
     waiting: FuturesUnordered<Pin<Box<dyn Future<Output = Permit> + Send>>>,
     /// The partitions paused for each instance with parked batches.
     held: HashMap<Slot, HashSet<TopicPartition>>,
+    /// Stage routes were added since the subscription was last set.
+    resubscribe: bool,
 }
 
 impl Dispatcher {
@@ -568,7 +571,7 @@ impl Dispatcher {
                 biased;
                 () = stopped(&mut stop) => return Some(events),
                 command = commands.recv(), if commands_open => match command {
-                    Some(command) => self.command(command).await,
+                    Some(command) => self.command(command),
                     None => commands_open = false,
                 },
                 Some(permit) = self.waiting.next(), if !self.waiting.is_empty() => self.unpark(permit),
@@ -582,34 +585,33 @@ impl Dispatcher {
         // they hold and end. Parked batches are dropped uncommitted.
     }
 
-    async fn command(&mut self, command: Command) {
+    fn command(&mut self, command: Command) {
         match command {
             Command::AddRoute { agent, topic, senders } => {
-                let spec_partitions = self.shared.core.transport.partitions(&topic).await.ok().flatten();
-                if let Some(partitions) = spec_partitions {
-                    let dlq = crate::dlq::dlq_topic(&topic);
-                    let spec = crate::transport::TopicSpec {
-                        name: dlq,
-                        partitions,
-                        replication: self.shared.core.config.replication,
-                        config: BTreeMap::new(),
-                    };
-                    if let Err(e) = self.shared.core.transport.ensure_topics(&[spec]).await {
-                        tracing::warn!(error = %e, "cannot create the dead-letter topic of stage {topic}");
-                    }
-                }
                 let mut route = Route::new(agent, senders);
                 let tps: Vec<TopicPartition> = self.assigned.iter().filter(|tp| tp.topic == topic).cloned().collect();
                 for tp in tps {
                     self.add_tracker(&mut route, tp);
                 }
                 self.routes.entry(topic).or_default().push(route);
-                let mut topics: Vec<String> = self.routes.keys().map(|t| t.to_string()).collect();
-                topics.sort();
-                if let Err(e) = self.shared.control.subscribe(&topics) {
-                    self.shared.fail(e);
+                // Not while the first join is under way: a subscription that
+                // changes then can leave the group with a phantom member that
+                // holds partitions until its session expires (seen on Tansu).
+                self.resubscribe = true;
+                if self.shared.ready.load(Ordering::Acquire) {
+                    self.subscribe();
                 }
             }
+        }
+    }
+
+    /// Subscribes to every routed topic.
+    fn subscribe(&mut self) {
+        self.resubscribe = false;
+        let mut topics: Vec<String> = self.routes.keys().map(|t| t.to_string()).collect();
+        topics.sort();
+        if let Err(e) = self.shared.control.subscribe(&topics) {
+            self.shared.fail(e);
         }
     }
 
@@ -638,6 +640,9 @@ impl Dispatcher {
                     self.assigned.insert(tp);
                 }
                 self.shared.ready.store(true, Ordering::Release);
+                if self.resubscribe {
+                    self.subscribe();
+                }
             }
             ConsumerEvent::Revoked(tps, done) => {
                 tracing::info!(partitions = %list(&tps), "revoked: draining");

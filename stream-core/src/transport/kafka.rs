@@ -210,8 +210,11 @@ impl Transport for KafkaTransport {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         let names: Vec<String> = missing.iter().map(|s| s.name.clone()).collect();
         loop {
+            // Every partition visible: a consumer that subscribes while a new
+            // topic shows only some of its partitions would be assigned only
+            // those until its next metadata refresh (minutes).
             let counts = self.partition_counts(names.clone()).await?;
-            if names.iter().all(|n| counts.contains_key(n)) {
+            if missing.iter().all(|s| counts.get(&s.name) == Some(&s.partitions)) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
