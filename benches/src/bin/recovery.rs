@@ -1,0 +1,87 @@
+//! Table recovery on the memory transport, where the broker costs next to
+//! nothing: how fast Strom itself replays a changelog into an empty sled store
+//! (cold), and how long a restart on a full store takes (warm).
+//!
+//! ```text
+//! cargo run --release -p strom-benches --bin recovery -- [keys]
+//! ```
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use stream_core::prelude::*;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// An app whose agent sets 10,000 keys of the table `keys` per event.
+/// The app, its input and its table.
+type Filler = (App, Topic<u32, u32>, Table<String, u64>);
+
+fn filler(state: &std::path::Path) -> Res<Filler> {
+    let app = App::builder("recovery").broker("memory://recovery-bench").state_dir(state).without_web().build()?;
+    let fill = app.topic::<u32, u32>("fill").partitions(4);
+    let table = app.table::<String, u64>("keys", &fill);
+    let t = table.clone();
+    app.agent("fill", &fill, move |mut events| {
+        let table = t.clone();
+        async move {
+            while let Some(e) = events.next().await {
+                let part = table.at(&e)?;
+                let block = *e.value();
+                for i in 0..10_000u64 {
+                    part.insert(&format!("key-{block}-{i}"), &i).await?;
+                }
+            }
+            Ok(())
+        }
+    });
+    Ok((app, fill, table))
+}
+
+async fn ready(worker: &stream_core::Worker) {
+    while !worker.is_ready() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn main() -> Res<()> {
+    let keys: u32 = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let dir = std::env::temp_dir().join(format!("strom-recovery-bench-{}", std::process::id()));
+    rt.block_on(async {
+        let blocks = keys.div_ceil(10_000);
+        let (app, fill, table) = filler(&dir.join("filled"))?;
+        let worker = app.start().await?;
+        ready(&worker).await;
+        let started = Instant::now();
+        for block in 0..blocks {
+            fill.send(&block, &block).await?;
+        }
+        while table.stats().writes.load(Ordering::Relaxed) < u64::from(blocks) * 10_000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        worker.stop().await?;
+        println!("filled {} keys in {:.2} s", blocks * 10_000, started.elapsed().as_secs_f64());
+        drop((app, fill, table));
+
+        for (what, state) in [("cold (empty state directory)", "cold"), ("warm (the filled store)", "filled")] {
+            let (app, _fill, table) = filler(&dir.join(state))?;
+            let started = Instant::now();
+            let worker = app.start().await?;
+            ready(&worker).await;
+            let took = started.elapsed();
+            let replayed = table.stats().replayed.load(Ordering::Relaxed);
+            let recovery = Duration::from_nanos(table.stats().recovery_ns.load(Ordering::Relaxed));
+            println!(
+                "{what}: start to ready {:.3} s; recoveries {:.3} s replaying {replayed} records ({:.0} records/s)",
+                took.as_secs_f64(),
+                recovery.as_secs_f64(),
+                replayed as f64 / recovery.as_secs_f64().max(1e-9)
+            );
+            worker.stop().await?;
+        }
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
