@@ -188,11 +188,20 @@ const MAX_IDLE: usize = 8;
 impl Postgres {
     /// A handle on the database at `url` (`postgres://user[:password]@host[:port]/dbname?...`
     /// or `host=... dbname=...`). Nothing is connected yet: the first statement
-    /// connects, and waits for the database if it is not there.
+    /// connects, and waits for the database if it is not there. Unless the URL
+    /// says otherwise, connecting times out after 5 s (`connect_timeout`) and
+    /// a connection whose sent data goes unacknowledged for 30 s is given up
+    /// (`tcp_user_timeout`), so a cut network is retried like a stopped server.
     pub fn connect_lazy(url: &str) -> Result<Postgres, PgError> {
         let mut config = Config::from_str(url).map_err(|e| PgError::Url { reason: describe(&e) })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            // A server that vanished without closing the connection (a cut
+            // network) fails the statement after this, rather than after the
+            // kernel's retransmissions (~15 min), and the statement is retried.
+            config.tcp_user_timeout(Duration::from_secs(30));
         }
         if config.get_application_name().is_none() {
             config.application_name("strom");
