@@ -18,7 +18,7 @@ step "cargo fmt --check"
 cargo fmt --all --check || fail "formatting: run cargo fmt --all"
 
 step "cargo clippy (all targets, warnings are errors)"
-cargo clippy --workspace --all-targets --locked -- -D warnings || fail "clippy"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings || fail "clippy"
 
 step "test services (scripts/test-env.sh)"
 had_broker=$([ -f target/test-env/tansu.pid ] && echo yes || echo no)
@@ -29,8 +29,9 @@ if [ "$had_broker" = no ] && [ -f target/test-env/tansu.pid ]; then
 fi
 export STROM_TEST_KAFKA=127.0.0.1:9092
 
-step "cargo test (workspace)"
-cargo test --workspace --locked 2>&1 | tee target/test-output.log
+step "cargo test (workspace, all features)"
+# All features, so that tests behind one (connect_postgres needs `postgres`) run too.
+cargo test --workspace --all-features --locked 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}
 [ "$status" -eq 0 ] || fail "tests (see target/test-output.log)"
 
