@@ -52,6 +52,7 @@ mod agent;
 mod app;
 mod cli;
 pub mod codec;
+pub mod connect;
 pub mod dlq;
 mod error;
 mod event;
