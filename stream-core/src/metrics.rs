@@ -11,6 +11,8 @@
 /// The Prometheus client the registry is made of, for services' own metrics.
 pub use prometheus_client;
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,6 +73,8 @@ type TableList = Arc<Mutex<Vec<(String, Arc<TableStats>)>>>;
 
 struct Inner {
     registry: Mutex<Registry>,
+    /// Metrics registered with [`Metrics::register_once`], by name.
+    once: Mutex<HashMap<String, Box<dyn Any + Send + Sync>>>,
     tables: TableList,
     probe: Arc<Mutex<Option<Arc<dyn WorkerProbe>>>>,
     pub(crate) commits: Counter,
@@ -150,6 +154,7 @@ impl Metrics {
         Metrics {
             inner: Arc::new(Inner {
                 registry: Mutex::new(registry),
+                once: Mutex::default(),
                 tables,
                 probe,
                 commits,
@@ -173,6 +178,39 @@ impl Metrics {
     /// ```
     pub fn register(&self, name: &str, help: &str, metric: impl Metric) {
         lock(&self.inner.registry).register(name, help, metric);
+    }
+
+    /// Registers `make()` under `name` the first time, and returns that same
+    /// metric on every later call: for components of which an app may have
+    /// several (two MQTT sources, say), each adding its own labels to one
+    /// family. A metric of another type already registered under `name` is a
+    /// mistake: it is logged, and the returned metric is not registered.
+    ///
+    /// ```
+    /// use stream_core::metrics::prometheus_client::metrics::{counter::Counter, family::Family};
+    /// let app = stream_core::App::builder("svc").broker("memory://").build()?;
+    /// type Rows = Family<Vec<(String, String)>, Counter>;
+    /// let a: Rows = app.metrics().register_once("rows", "Rows written", Rows::default);
+    /// let b: Rows = app.metrics().register_once("rows", "Rows written", Rows::default);
+    /// a.get_or_create(&vec![("table".into(), "a".into())]).inc();
+    /// b.get_or_create(&vec![("table".into(), "b".into())]).inc();
+    /// let text = app.metrics().encode();
+    /// assert!(text.contains(r#"strom_rows_total{table="a"} 1"#) && text.contains(r#"strom_rows_total{table="b"} 1"#));
+    /// # Ok::<(), stream_core::Error>(())
+    /// ```
+    pub fn register_once<M: Metric + Clone>(&self, name: &str, help: &str, make: impl FnOnce() -> M) -> M {
+        let mut once = lock(&self.inner.once);
+        if let Some(existing) = once.get(name) {
+            if let Some(metric) = existing.downcast_ref::<M>() {
+                return metric.clone();
+            }
+            tracing::error!(metric = name, "metric registered twice with different types; the second is not exported");
+            return make();
+        }
+        let metric = make();
+        once.insert(name.to_owned(), Box::new(metric.clone()));
+        self.register(name, help, metric.clone());
+        metric
     }
 
     /// Everything in the Prometheus text format.
