@@ -1,0 +1,1 @@
+//! The services of Strom's sensor pipeline
