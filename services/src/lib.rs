@@ -1,1 +1,14 @@
-//! The services of Strom's sensor pipeline
+//! The services of Strom's sensor pipeline (the design's "Sensor
+//! pipeline"): one binary per service in `src/bin/`, and what they share here.
+//!
+//! ```text
+//! MQTT sensors/+/temperature, /+/temp ─▶ collection ─▶ sensors.raw ─▶ processing ─▶ sensors.processed ─┬▶ aggregation ─▶ sensors.averages ─┐
+//!                                                                                                      └──────────────▶ db-loader ◀──────┘
+//!                                                                                                                       ▼ Postgres
+//!                                                                                                             api-gateway (REST)
+//! ```
+//!
+//! The records on the topics between the services are the contract between
+//! them; they live in [`records`].
+
+pub mod records;
