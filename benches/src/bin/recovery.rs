@@ -72,11 +72,14 @@ fn main() -> Res<()> {
             let took = started.elapsed();
             let replayed = table.stats().replayed.load(Ordering::Relaxed);
             let recovery = Duration::from_nanos(table.stats().recovery_ns.load(Ordering::Relaxed));
+            // Partitions recover side by side: the rate is over the wall time
+            // from start to ready (on memory:// the assignment is immediate).
             println!(
-                "{what}: start to ready {:.3} s; recoveries {:.3} s replaying {replayed} records ({:.0} records/s)",
+                "{what}: start to ready {:.3} s, replaying {replayed} records ({:.0} records/s); \
+                 partition recoveries {:.3} s in all",
                 took.as_secs_f64(),
+                replayed as f64 / took.as_secs_f64().max(1e-9),
                 recovery.as_secs_f64(),
-                replayed as f64 / recovery.as_secs_f64().max(1e-9)
             );
             worker.stop().await?;
         }

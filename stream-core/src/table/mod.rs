@@ -99,7 +99,8 @@ pub struct TableStats {
     /// Partitions rebuilt from the whole changelog because their store was
     /// missing, corrupt or inconsistent.
     pub rebuilt: AtomicU64,
-    /// Time spent recovering, in nanoseconds.
+    /// Time spent recovering, in nanoseconds (wall time: partitions that
+    /// recover together count once).
     pub recovery_ns: AtomicU64,
     /// Partitions this worker serves now.
     pub partitions: AtomicI64,

@@ -80,14 +80,19 @@ impl SledStore {
     /// the changelogs.
     pub fn open(state_dir: &Path) -> Result<SledStore> {
         let path = state_dir.join("tables");
-        let db = match sled::open(&path) {
+        let config = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput);
+        let db = match config.open() {
             Ok(db) => db,
             Err(sled::Error::Corruption { .. }) => {
                 let aside = state_dir.join(format!("tables.corrupt-{}", std::process::id()));
                 tracing::warn!(path = %path.display(), moved_to = %aside.display(),
                     "the table store is corrupt; starting afresh (tables rebuild from their changelogs)");
                 std::fs::rename(&path, &aside).map_err(|e| store_err(format!("moving {} aside", path.display()), e))?;
-                sled::open(&path).map_err(|e| store_err(format!("opening the table store {}", path.display()), e))?
+                sled::Config::new()
+                    .path(&path)
+                    .mode(sled::Mode::HighThroughput)
+                    .open()
+                    .map_err(|e| store_err(format!("opening the table store {}", path.display()), e))?
             }
             Err(sled::Error::Io(e))
                 if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock") =>
