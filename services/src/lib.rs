@@ -11,4 +11,5 @@
 //! The records on the topics between the services are the contract between
 //! them; they live in [`records`].
 
+pub mod loader;
 pub mod records;
