@@ -153,16 +153,20 @@ async fn latest(api: &Api, uri: &Uri) -> Result<Vec<Value>, Failure> {
 
 impl Api {
     fn respond(&self, endpoint: &str, answer: Result<Vec<Value>, Failure>) -> Response {
-        let (status, body) = match answer {
-            Ok(values) => (StatusCode::OK, json!(values)),
-            Err(Failure::Invalid(problems)) => (StatusCode::UNPROCESSABLE_ENTITY, json!({ "detail": problems })),
+        let response = match answer {
+            // Serialized as they are, so each object's fields keep their order.
+            Ok(values) => axum::Json(values).into_response(),
+            Err(Failure::Invalid(problems)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({ "detail": problems }))).into_response()
+            }
             Err(Failure::Unavailable(reason)) => {
                 tracing::warn!(endpoint, error = %reason, "the database is unavailable");
-                (StatusCode::SERVICE_UNAVAILABLE, json!({ "detail": "the database is unavailable" }))
+                let body = json!({ "detail": "the database is unavailable" });
+                (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
             }
         };
-        self.metrics.count(endpoint, status);
-        (status, axum::Json(body)).into_response()
+        self.metrics.count(endpoint, response.status());
+        response
     }
 }
 

@@ -49,11 +49,15 @@ CREATE TABLE IF NOT EXISTS average (
     PRIMARY KEY (sensor_num, timestamp_ms)
 )";
 
-/// The database named by `DATABASE_URL` (default [`DEFAULT_DATABASE_URL`]),
-/// created when missing, its connector's metrics on the app's registry.
-pub fn database(app: &App) -> Result<Postgres, PgError> {
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned());
-    let db = Postgres::connect_lazy(&url)?.create_database_if_missing();
+/// `DATABASE_URL`, else [`DEFAULT_DATABASE_URL`].
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
+}
+
+/// The database at `url`, created when missing, its connector's metrics on
+/// the app's registry.
+pub fn database(app: &App, url: &str) -> Result<Postgres, PgError> {
+    let db = Postgres::connect_lazy(url)?.create_database_if_missing();
     db.register_metrics(app.metrics());
     Ok(db)
 }

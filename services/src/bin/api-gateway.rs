@@ -9,8 +9,7 @@ use strom_services::{api, loader};
 async fn main() -> Result<(), BoxError> {
     stream_core::init_logging();
     let app = App::builder("api-gateway").web_port(8007).env()?.build()?;
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| loader::DEFAULT_DATABASE_URL.to_owned());
-    app.routes(api::router(&app, &url)?);
+    app.routes(api::router(&app, &loader::database_url())?);
     app.main().await?;
     Ok(())
 }

@@ -14,7 +14,7 @@ async fn main() -> Result<(), BoxError> {
     let averages = app.topic::<u32, Average>(records::AVERAGES).partitions(records::PARTITIONS);
 
     // The tables, created (with the database) when missing; waits for Postgres.
-    let db = loader::database(&app)?;
+    let db = loader::database(&app, &loader::database_url())?;
     db.ensure_schema(loader::SCHEMA).await?;
 
     let metrics = LoaderMetrics::register(&app);
