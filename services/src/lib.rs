@@ -11,4 +11,6 @@
 //! The records on the topics between the services are the contract between
 //! them; they live in [`records`].
 
+pub mod api;
+pub mod loader;
 pub mod records;

@@ -1,0 +1,155 @@
+//! What db-loader does: the Postgres tables `temperature` and `average`, one
+//! row per record of `sensors.processed` and `sensors.averages`, written in
+//! batches by agents and exact under replays.
+//!
+//! Each table's key is `(sensor_num, timestamp_ms)`, and rows are inserted
+//! with `ON CONFLICT DO NOTHING`: the events replayed after a crash (the
+//! loader's own, or a stage's upstream that sends a record again) add no row,
+//! and the first row written for a key stays. For `average` that matters
+//! twice: aggregation emits one average per reading, keyed by the reading's
+//! time, and an average recomputed after *its* crash may count a reading
+//! twice; the first one written, computed before the crash, is the one kept.
+//! (Two readings of one sensor with the same millisecond are one row.)
+//!
+//! Metrics: `strom_rows_loaded_total{table}` (rows added; replayed rows are
+//! not counted) and the histogram `strom_sensor_to_db_latency_seconds`, from
+//! the sensor's timestamp to the commit of the row's batch.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use stream_core::connect::postgres::{PgError, PgSink, Postgres, ToRow};
+use stream_core::metrics::prometheus_client::metrics::counter::Counter;
+use stream_core::metrics::prometheus_client::metrics::family::Family;
+use stream_core::metrics::prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use stream_core::prelude::*;
+
+use crate::records::{Average, Temperature};
+
+/// The database when `DATABASE_URL` is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/strom";
+
+/// The tables, created on start when missing. Sensor numbers and times are
+/// `bigint` (a `u32` sensor number fits; times are the records' epoch
+/// milliseconds, exact); `loaded_at` is when the row was committed.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS temperature (
+    sensor_num   bigint           NOT NULL,
+    timestamp_ms bigint           NOT NULL,
+    value        double precision NOT NULL,
+    received_ms  bigint           NOT NULL,
+    loaded_at    timestamptz      NOT NULL DEFAULT now(),
+    PRIMARY KEY (sensor_num, timestamp_ms)
+);
+CREATE TABLE IF NOT EXISTS average (
+    sensor_num   bigint           NOT NULL,
+    timestamp_ms bigint           NOT NULL,
+    value        double precision NOT NULL,
+    count        bigint           NOT NULL,
+    loaded_at    timestamptz      NOT NULL DEFAULT now(),
+    PRIMARY KEY (sensor_num, timestamp_ms)
+)";
+
+/// `DATABASE_URL`, else [`DEFAULT_DATABASE_URL`].
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
+}
+
+/// The database at `url`, created when missing, its connector's metrics on
+/// the app's registry.
+pub fn database(app: &App, url: &str) -> Result<Postgres, PgError> {
+    let db = Postgres::connect_lazy(url)?.create_database_if_missing();
+    db.register_metrics(app.metrics());
+    Ok(db)
+}
+
+/// A record that becomes one row of a table.
+pub trait Row: Payload + Send + Sync + 'static {
+    /// The table.
+    const TABLE: &'static str;
+    /// The columns [`values`](Row::values) fills, in order.
+    const COLUMNS: &'static [&'static str];
+    /// The row's values.
+    fn values(&self) -> impl ToRow + 'static;
+    /// The sensor's timestamp, epoch milliseconds.
+    fn sensor_time_ms(&self) -> i64;
+}
+
+impl Row for Temperature {
+    const TABLE: &'static str = "temperature";
+    const COLUMNS: &'static [&'static str] = &["sensor_num", "timestamp_ms", "value", "received_ms"];
+    fn values(&self) -> impl ToRow + 'static {
+        (i64::from(self.sensor_num), self.timestamp_ms, self.value, self.received_ms)
+    }
+    fn sensor_time_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+}
+
+impl Row for Average {
+    const TABLE: &'static str = "average";
+    const COLUMNS: &'static [&'static str] = &["sensor_num", "timestamp_ms", "value", "count"];
+    fn values(&self) -> impl ToRow + 'static {
+        (i64::from(self.sensor_num), self.timestamp_ms, self.value, i64::from(self.count))
+    }
+    fn sensor_time_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+}
+
+/// The loader's metrics, registered once per app.
+#[derive(Clone, Debug)]
+pub struct LoaderMetrics {
+    rows: Family<Vec<(String, String)>, Counter>,
+    latency: Histogram,
+}
+
+impl LoaderMetrics {
+    /// Registers `strom_rows_loaded_total{table}` and
+    /// `strom_sensor_to_db_latency_seconds` on `app`'s registry.
+    pub fn register(app: &App) -> LoaderMetrics {
+        let rows = app.metrics().register_once("rows_loaded", "Rows added to the database, by table", Family::default);
+        let latency = app.metrics().register_once(
+            "sensor_to_db_latency_seconds",
+            "From a sensor's timestamp to its row being committed",
+            // 5 ms to ~80 s.
+            || Histogram::new(exponential_buckets(0.005, 2.0, 15)),
+        );
+        LoaderMetrics { rows, latency }
+    }
+}
+
+/// How many events one insert takes at most, and how long a batch waits for more.
+const BATCH: (usize, Duration) = (500, Duration::from_millis(50));
+
+/// Declares the agent `name` that writes every record of `topic` as a row of
+/// `R::TABLE` (which [`SCHEMA`] creates), a batch per insert. A batch's events
+/// are committed once its rows are; while the database is down the agent
+/// waits and retries.
+pub fn load<R: Row>(app: &App, name: &str, topic: &Topic<u32, R>, db: &Postgres, metrics: &LoaderMetrics) {
+    let sink = PgSink::new(db, R::TABLE, R::COLUMNS).on_conflict_do_nothing();
+    let rows = metrics.rows.get_or_create(&vec![("table".to_owned(), R::TABLE.to_owned())]).clone();
+    let latency = metrics.latency.clone();
+    app.agent(name, topic, move |events| {
+        let (sink, rows, latency) = (sink.clone(), rows.clone(), latency.clone());
+        async move {
+            let mut batches = events.take(BATCH.0, BATCH.1);
+            while let Some(batch) = batches.next().await {
+                let added = sink.insert(batch.iter().map(|e| e.value().values())).await?;
+                rows.inc_by(added);
+                // A batch that added nothing was all replay: its rows were committed long ago.
+                if added > 0 {
+                    let now = epoch_ms(SystemTime::now());
+                    for event in &batch {
+                        let age = now.saturating_sub(event.value().sensor_time_ms());
+                        latency.observe(age.max(0) as f64 / 1000.0);
+                    }
+                }
+            }
+            Ok(())
+        }
+    });
+}
+
+fn epoch_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
