@@ -9,6 +9,13 @@
 //! ```
 //!
 //! The records on the topics between the services are the contract between
-//! them; they live in [`records`].
+//! them; they live in [`records`], the topics in [`topics`].
 
+pub mod aggregation;
+pub mod collection;
+pub mod processing;
 pub mod records;
+pub mod sensors;
+pub mod service;
+pub mod simulator;
+pub mod topics;
