@@ -25,7 +25,8 @@ async fn processing_converts_good_readings_and_dead_letters_bad_ones_at_once() {
     let driver = TestDriver::start(&app).await.unwrap();
 
     // (MQTT topic, payload, Ok((celsius, event time)) or Err(reason)), good and bad interleaved.
-    let cases: Vec<(&str, &str, Result<(f64, i64), &str>)> = vec![
+    type Case<'a> = (&'a str, &'a str, Result<(f64, i64), &'a str>);
+    let cases: Vec<Case<'_>> = vec![
         ("/sensor1/temp", r#"{"timestamp": "1700000000.123", "value": "21"}"#, Ok((21.0, 1_700_000_000_123))),
         ("/sensor90/temp", "not json", Err("payload is not JSON")),
         ("/sensor2/temp", r#"{"timestamp": 1700000000, "value": 19.5}"#, Ok((19.5, 1_700_000_000_000))),
