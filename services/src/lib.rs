@@ -9,8 +9,15 @@
 //! ```
 //!
 //! The records on the topics between the services are the contract between
-//! them; they live in [`records`].
+//! them; they live in [`records`], the topics in [`topics`].
 
+pub mod aggregation;
 pub mod api;
+pub mod collection;
 pub mod loader;
+pub mod processing;
 pub mod records;
+pub mod sensors;
+pub mod service;
+pub mod simulator;
+pub mod topics;

@@ -704,6 +704,20 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// The options of an MQTT client (a publisher: a simulator, a test) for
+/// `url` (`mqtt://host[:port]`, as [`MqttSource::new`] takes it) and
+/// `client_id`, with rumqttc's defaults otherwise.
+///
+/// ```
+/// let options = stream_core::connect::mqtt::client_options("mqtt://127.0.0.1:1883", "simulator")?;
+/// assert_eq!(options.broker_address(), ("127.0.0.1".to_owned(), 1883));
+/// # Ok::<(), stream_core::Error>(())
+/// ```
+pub fn client_options(url: &str, client_id: &str) -> Result<MqttOptions> {
+    let (host, port) = parse_url(url)?;
+    Ok(MqttOptions::new(client_id, host, port))
+}
+
 /// `mqtt://host[:port]` (or `tcp://`) into host and port.
 fn parse_url(url: &str) -> Result<(String, u16)> {
     let bad = |why: &str| Error::Config(format!("MQTT URL {url:?}: {why} (expected mqtt://host[:port])"));

@@ -1,0 +1,29 @@
+//! What every service of the pipeline starts with: its [`App`], configured
+//! from the environment, and its own settings from environment variables.
+
+use stream_core::{App, Error, Result};
+
+/// The broker a service uses when `STROM_BROKER` is not set.
+pub const DEFAULT_BROKER: &str = "kafka://127.0.0.1:9092";
+
+/// The app of service `id`: `STROM_BROKER` (default [`DEFAULT_BROKER`]),
+/// `STROM_WEB_PORT` (default `web_port`) and the other `STROM_*` variables.
+pub fn app(id: &str, web_port: u16) -> Result<App> {
+    App::builder(id).broker(DEFAULT_BROKER).web_port(web_port).env()?.build()
+}
+
+/// The environment variable `name`, or `default` when it is unset or empty.
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| default.to_owned())
+}
+
+/// The environment variable `name` parsed, or `default` when it is unset or
+/// empty; a value that does not parse is a configuration error.
+pub fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse().map_err(|_| Error::Config(format!("{name}={v:?} is not a valid value")))
+        }
+        _ => Ok(default),
+    }
+}
