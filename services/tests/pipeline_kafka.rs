@@ -1,12 +1,14 @@
 //! The services as processes, as an operator runs them: Mosquitto on
-//! 127.0.0.1:1883, the Kafka-protocol broker of `STROM_TEST_KAFKA`, MQTT
-//! topics, client ids and Kafka topics of the test's own; collection and
-//! aggregation SIGKILLed mid-stream and restarted, and no reading lost.
+//! 127.0.0.1:1883, the Kafka-protocol broker of `STROM_TEST_KAFKA`, PostgreSQL,
+//! MQTT topics, client ids, Kafka topics and a database of the test's own;
+//! collection and aggregation SIGKILLed mid-stream and restarted, no reading
+//! lost, and the readings and averages served by the API from Postgres.
 
 #![allow(clippy::unwrap_used)]
 
 #[path = "../../examples/tests/common/mod.rs"]
 mod common;
+mod pg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -107,6 +109,11 @@ async fn mqtt_to_averages_with_collection_and_aggregation_killed() {
     ];
     let aggregation_env = [kafka_env[0], kafka_env[1], ("STROM_STATE_DIR", state_dir.as_str())];
 
+    let db = pg::TestDb::new("pipeline");
+    let db_url = db.url();
+    let database_env = [("DATABASE_URL", db_url.as_str())];
+    let loader = Process::start(env!("CARGO_BIN_EXE_db-loader"), &app, &database_env);
+    let api = Process::start(env!("CARGO_BIN_EXE_api-gateway"), &app, &database_env);
     let processing = Process::start(env!("CARGO_BIN_EXE_processing"), &app, &kafka_env);
     let mut aggregation = Process::start(env!("CARGO_BIN_EXE_aggregation"), &app, &aggregation_env);
     let mut collection = Process::start(env!("CARGO_BIN_EXE_collection"), &app, &collection_env);
@@ -218,7 +225,38 @@ async fn mqtt_to_averages_with_collection_and_aggregation_killed() {
     assert!(letters.iter().any(|l| l.error.contains("not UTF-8")), "{letters:?}");
     assert!(letters.iter().any(|l| l.error.contains("payload is not JSON")), "{letters:?}");
 
-    for process in [collection, processing, aggregation] {
+    // Through db-loader into Postgres, one row per reading, and out of the API
+    // in the seed's shape, newest first.
+    let rows = db.wait_rows("temperature", want.len()).await;
+    assert_eq!(rows.len(), want.len(), "one temperature row per reading: {}", loader.log());
+    let averages = db.wait_rows("average", want.len()).await;
+    assert_eq!(averages.len(), want.len(), "one average row per reading: {}", loader.log());
+    let range = format!("timestamp_start={}&timestamp_end={}", BASE_MS / 1000 - 1, BASE_MS / 1000 + 60);
+    for n in 1..=4u32 {
+        let (status, body) = api.get(&format!("/temperature?sensor_num={n}&{range}"));
+        assert_eq!(status, 200, "{body}");
+        let served: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        let mut readings: Vec<&(u32, i64, f64)> = expected.iter().filter(|r| r.0 == n).collect();
+        readings.sort_by_key(|r| std::cmp::Reverse(r.1));
+        assert_eq!(served.len(), readings.len(), "sensor {n}: {body}");
+        for (s, (_, ts, celsius)) in served.iter().zip(readings) {
+            assert_eq!(s["sensor_num"], n);
+            assert!((s["timestamp"].as_f64().unwrap() - *ts as f64 / 1000.0).abs() < 1e-6, "{s}");
+            assert!((s["value"].as_f64().unwrap() - celsius).abs() < 1e-6, "{s}");
+        }
+        let (status, body) = api.get(&format!("/average?sensor_num={n}&{range}"));
+        assert_eq!(status, 200, "{body}");
+        let newest: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        assert!((newest[0]["value"].as_f64().unwrap() - last[&n].value).abs() < 1e-6, "{body}");
+        let (status, body) = api.get(&format!("/temperature_latest?sensor_num={n}"));
+        assert_eq!(status, 200, "{body}");
+        let latest: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        assert_eq!(latest.len(), 1, "{body}");
+    }
+    let (status, body) = api.get("/temperature?sensor_num=one");
+    assert_eq!(status, 422, "{body}");
+
+    for process in [collection, processing, aggregation, loader, api] {
         let (code, _, log) = process.terminate().await;
         assert_eq!(code, 0, "{log}");
     }
