@@ -130,7 +130,7 @@ struct Loaded {
 
 /// A worker with db-loader's agents and api-gateway's routes, on `db`.
 async fn start(db: &TestDb) -> Loaded {
-    let app = TestDriver::builder_on(&format!("memory://{}", db.name), "db-loader").web_port(0).build().unwrap();
+    let app = TestDriver::builder_on(&format!("memory://{}", db.name()), "db-loader").web_port(0).build().unwrap();
     let processed = app.topic::<u32, Temperature>(PROCESSED).partitions(PARTITIONS);
     let averages = app.topic::<u32, Average>(AVERAGES).partitions(PARTITIONS);
     let pg = loader::database(&app, &db.url()).unwrap();

@@ -305,3 +305,100 @@ impl TestDriver {
         }
     }
 }
+
+/// A PostgreSQL database of a test's own (feature `postgres`), on the server
+/// named by `STROM_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432`),
+/// dropped with its connections when this goes out of scope, whether the test
+/// passed or not.
+///
+/// ```no_run
+/// # async fn doc() -> Result<(), stream_core::Error> {
+/// use stream_core::testing::TestDatabase;
+/// let db = TestDatabase::create("loader").await?; // or ::named(..) for one a service creates
+/// let url = db.url();                              // postgres://.../strom_test_loader_...
+/// # let _ = url; Ok(()) }
+/// ```
+#[cfg(feature = "postgres")]
+#[derive(Debug)]
+pub struct TestDatabase {
+    server: String,
+    name: String,
+}
+
+#[cfg(feature = "postgres")]
+impl TestDatabase {
+    /// A name for a database that does not exist yet (for code that creates it).
+    pub fn named(tag: &str) -> TestDatabase {
+        let server =
+            std::env::var("STROM_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let tag: String = tag.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+        TestDatabase { server, name: format!("strom_test_{tag}_{}", unique().replace('-', "_")) }
+    }
+
+    /// A new, empty database.
+    pub async fn create(tag: &str) -> Result<TestDatabase> {
+        let db = Self::named(tag);
+        let admin = db.connect_to(&format!("{}/postgres", db.server)).await?;
+        admin.batch_execute(&format!("CREATE DATABASE {}", db.name)).await.map_err(|e| Error::Io {
+            context: format!("creating the test database {}", db.name),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(db)
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.server, self.name)
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server's URL (without a database).
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// A connection to it.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        self.connect_to(&self.url()).await
+    }
+
+    async fn connect_to(&self, url: &str) -> Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.map_err(|e| Error::Io {
+            context: format!("connecting to PostgreSQL for test database {}", self.name),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (format!("{}/postgres", self.server), self.name.clone());
+        // Drop may run inside the test's runtime: a thread and a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            rt.block_on(async {
+                let (client, conn) = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls),
+                )
+                .await
+                .ok()?
+                .ok()?;
+                tokio::spawn(conn);
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                tokio::time::timeout(Duration::from_secs(10), client.batch_execute(&sql)).await.ok()?.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            tracing::warn!(database = %self.name, "could not drop the test database");
+        }
+    }
+}

@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use stream_core::connect::postgres::tokio_postgres::{self, NoTls};
 use stream_core::connect::postgres::{PgError, PgSink, Postgres};
 use stream_core::prelude::*;
-use stream_core::testing::TestDriver;
+use stream_core::testing::{TestDatabase, TestDriver};
 
 /// How long one test may take, all of it.
 const BOUND: Duration = Duration::from_secs(120);
@@ -33,70 +32,9 @@ struct Reading {
     value: f64,
 }
 
-fn server_url() -> String {
-    std::env::var("STROM_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-fn unique(tag: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("strom_test_{tag}_{}_{nanos}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
-}
-
 /// Runs a test body, failing it when it takes longer than [`BOUND`].
 async fn bounded(body: impl Future<Output = ()>) {
     tokio::time::timeout(BOUND, body).await.expect("the test finished in time");
-}
-
-/// A database of its own on a server, dropped (with its connections) when
-/// this goes out of scope, whether the test passed or not.
-struct TestDb {
-    server: String,
-    name: String,
-}
-
-impl TestDb {
-    /// A name for a database that does not exist yet on the shared server.
-    fn on_shared(tag: &str) -> TestDb {
-        TestDb { server: server_url(), name: unique(tag) }
-    }
-
-    /// The same, created now.
-    async fn create(tag: &str) -> TestDb {
-        let db = TestDb::on_shared(tag);
-        let admin = connect(&format!("{}/postgres", db.server)).await;
-        admin.batch_execute(&format!("CREATE DATABASE {}", db.name)).await.unwrap();
-        db
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", self.server, self.name)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (admin_url, name) = (format!("{}/postgres", self.server), self.name.clone());
-        // Drop may run inside the test's runtime: a thread of its own with a runtime of its own.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async {
-                let (client, conn) =
-                    tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&admin_url, NoTls))
-                        .await
-                        .ok()?
-                        .ok()?;
-                tokio::spawn(conn);
-                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                tokio::time::timeout(Duration::from_secs(10), client.batch_execute(&sql)).await.ok()?.ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
-            eprintln!("could not drop test database {}", self.name);
-        }
-    }
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
@@ -136,7 +74,7 @@ fn loader(app: &App, input: &Topic<i64, Reading>, rows: PgSink, batches: Arc<Mut
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_from_an_agent_land_as_rows_and_offsets_are_committed_only_after_them() {
     bounded(async {
-        let db = TestDb::create("batches").await;
+        let db = TestDatabase::create("batches").await.unwrap();
         let pg = Postgres::connect_lazy(&db.url()).unwrap();
         pg.ensure_schema(SCHEMA).await.unwrap();
         let app = TestDriver::app("pg-batches");
@@ -186,7 +124,7 @@ async fn batches_from_an_agent_land_as_rows_and_offsets_are_committed_only_after
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_batch_leaves_one_row_per_key() {
     bounded(async {
-        let db = TestDb::create("replay").await;
+        let db = TestDatabase::create("replay").await.unwrap();
         let pg = Postgres::connect_lazy(&db.url()).unwrap();
         pg.ensure_schema(SCHEMA).await.unwrap();
         // Seven rows per statement: a batch of 50 is several statements in one transaction.
@@ -214,7 +152,7 @@ async fn a_replayed_batch_leaves_one_row_per_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_that_retrying_cannot_fix_fail_the_batch_at_once() {
     bounded(async {
-        let db = TestDb::create("rejected").await;
+        let db = TestDatabase::create("rejected").await.unwrap();
         let pg = Postgres::connect_lazy(&db.url()).unwrap();
         let app = TestDriver::app("pg-rejected");
         pg.register_metrics(app.metrics());
@@ -269,7 +207,7 @@ async fn errors_that_retrying_cannot_fix_fail_the_batch_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sink_creates_a_missing_database() {
     bounded(async {
-        let db = TestDb::on_shared("created");
+        let db = TestDatabase::named("created");
         let pg = Postgres::connect_lazy(&db.url()).unwrap().create_database_if_missing();
         pg.ensure_schema(SCHEMA).await.unwrap();
         let rows = PgSink::new(&pg, "readings", &["id", "value"]);

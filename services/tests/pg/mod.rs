@@ -1,14 +1,14 @@
-//! A database of a test's own on the shared PostgreSQL (`STROM_TEST_POSTGRES`,
-//! default `postgres://postgres@127.0.0.1:5432`, trust auth), dropped with its
-//! connections when the test is done.
+//! The services' view of a test database (`stream_core::testing::TestDatabase`,
+//! dropped when the test is done): the rows of the pipeline's tables.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use stream_core::connect::postgres::tokio_postgres::{self, NoTls};
+use stream_core::connect::postgres::tokio_postgres;
+use stream_core::testing::TestDatabase;
 
 /// How long a test waits for rows.
 const WAIT: Duration = Duration::from_secs(60);
@@ -16,39 +16,32 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A name no other test uses.
 pub(crate) fn unique(tag: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("strom_test_{tag}_{}_{nanos}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A database name of its own on the shared server (created by the loader),
-/// dropped with its connections when this goes out of scope.
-pub(crate) struct TestDb {
-    server: String,
-    pub(crate) name: String,
-}
+/// A database of the test's own, which db-loader creates.
+pub(crate) struct TestDb(TestDatabase);
 
 impl TestDb {
     pub(crate) fn new(tag: &str) -> TestDb {
-        let server =
-            std::env::var("STROM_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-        TestDb { server, name: unique(tag) }
+        TestDb(TestDatabase::named(tag))
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("{}/{}", self.server, self.name)
+        self.0.url()
     }
 
-    pub(crate) async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url(), NoTls).await.unwrap();
-        tokio::spawn(conn);
-        client
+    pub(crate) fn name(&self) -> &str {
+        self.0.name()
     }
 
     /// `(sensor_num, timestamp_ms) -> (value, count or received_ms)` of a table.
     pub(crate) async fn rows(&self, table: &str) -> BTreeMap<(i64, i64), (f64, i64)> {
         let extra = if table == "average" { "count" } else { "received_ms" };
         let sql = format!("SELECT sensor_num, timestamp_ms, value, {extra} FROM {table}");
-        let rows = match self.client().await.query(&sql, &[]).await {
+        let Ok(client) = self.0.connect().await else { return BTreeMap::new() };
+        let rows = match client.query(&sql, &[]).await {
             Ok(rows) => rows,
             Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => return BTreeMap::new(),
             Err(e) => panic!("{sql}: {e}"),
@@ -65,30 +58,6 @@ impl TestDb {
                 return rows;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (admin_url, name) = (format!("{}/postgres", self.server), self.name.clone());
-        // Drop may run inside the test's runtime: a thread and a runtime of its own.
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            rt.block_on(async {
-                let (client, conn) =
-                    tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(&admin_url, NoTls))
-                        .await
-                        .ok()?
-                        .ok()?;
-                tokio::spawn(conn);
-                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                tokio::time::timeout(Duration::from_secs(10), client.batch_execute(&sql)).await.ok()?.ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(()))) {
-            eprintln!("could not drop test database {}", self.name);
         }
     }
 }
