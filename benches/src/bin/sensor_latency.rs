@@ -1,0 +1,163 @@
+//! End-to-end latency of the sensor pipeline: readings published to MQTT at a
+//! steady rate, through `collection`, `processing` and `db-loader` (release
+//! binaries, as processes) into Postgres; the latency of a reading is the time
+//! from its timestamp (set when it is published) to its row's commit
+//! (`loaded_at`, the database's clock, which is this machine's).
+//!
+//! ```text
+//! scripts/test-env.sh up
+//! cargo build --release -p strom-services
+//! cargo run --release -p strom-benches --bin sensor_latency -- [readings/s] [seconds]
+//! ```
+//!
+//! Needs the Kafka-protocol broker (`STROM_BENCH_KAFKA`, default
+//! 127.0.0.1:9092), Mosquitto on 127.0.0.1:1883 and PostgreSQL on 127.0.0.1:5432.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use stream_core::connect::mqtt::client_options;
+use stream_core::connect::mqtt::rumqttc::{AsyncClient, QoS};
+use stream_core::testing::TestDatabase;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+const SENSORS: u32 = 10;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The services, killed when this is dropped.
+struct Services(Vec<Child>);
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn main() -> Res<()> {
+    let mut args = std::env::args().skip(1);
+    let rate: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1_000);
+    let seconds: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20);
+    let broker = std::env::var("STROM_BENCH_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let run = format!("latency-{}-{}", std::process::id(), now_ms());
+    let db = TestDatabase::named("latency");
+    let bin_dir = std::env::current_exe()?.parent().ok_or("no exe dir")?.to_path_buf();
+    let state = std::env::temp_dir().join(&run);
+    let mqtt_prefix = format!("{run}/");
+    let mut services = Services(Vec::new());
+    for name in ["db-loader", "processing", "collection"] {
+        let path = bin_dir.join(name);
+        if !path.exists() {
+            return Err(format!("{} missing: cargo build --release -p strom-services", path.display()).into());
+        }
+        let child = Command::new(path)
+            .env("STROM_BROKER", format!("kafka://{broker}"))
+            .env("STROM_TOPIC_PREFIX", format!("{run}-"))
+            .env("STROM_WEB_PORT", "0")
+            .env("STROM_STATE_DIR", state.join(name))
+            .env("DATABASE_URL", db.url())
+            .env("MQTT_URL", "mqtt://127.0.0.1:1883")
+            .env("MQTT_TOPIC_PREFIX", &mqtt_prefix)
+            .env("MQTT_CLIENT_ID", format!("{run}-collection"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        services.0.push(child);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let options = client_options("mqtt://127.0.0.1:1883", &format!("{run}-publisher"))?;
+        let (client, mut events) = AsyncClient::new(options, 10_000);
+        tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        let publish = async |sensor: u32| {
+            let topic = format!("{mqtt_prefix}sensors/{sensor}/temperature");
+            let payload = format!(r#"{{"sensor": {sensor}, "temperature": 21.5, "unit": "C", "timestamp": {}}}"#, now_ms());
+            client.publish(topic, QoS::AtLeastOnce, false, payload).await
+        };
+        // Warm up until a reading makes it through (topics created, groups joined).
+        let client_db = wait_for_database(&db).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            publish(1).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if count(&client_db).await > 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("no reading reached the database within two minutes".into());
+            }
+        }
+        let start_ms = now_ms();
+        // `rate` readings a second, in ticks of 10 ms, over the sensors.
+        let per_tick = (rate / 100).max(1);
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut sent = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(u64::from(seconds)) {
+            tick.tick().await;
+            for i in 0..per_tick {
+                publish(1 + (sent as u32 + i) % SENSORS).await?;
+            }
+            sent += u64::from(per_tick);
+        }
+        let publish_s = started.elapsed().as_secs_f64();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let loaded = loop {
+            let n = measured(&client_db, start_ms).await;
+            if n >= sent || Instant::now() > deadline {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let row = client_db
+            .query_one(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY l), percentile_cont(0.99) WITHIN GROUP (ORDER BY l), \
+                 max(l) FROM (SELECT (extract(epoch FROM loaded_at) * 1000 - timestamp_ms)::float8 AS l FROM temperature \
+                 WHERE timestamp_ms >= $1) AS latencies",
+                &[&start_ms],
+            )
+            .await?;
+        let (p50, p99, max): (f64, f64, f64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        println!(
+            "published {sent} readings in {publish_s:.1} s ({:.0}/s), {loaded} loaded; MQTT publish to Postgres row: \
+             p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
+            sent as f64 / publish_s
+        );
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })?;
+    drop(services);
+    let _ = std::fs::remove_dir_all(&state);
+    Ok(())
+}
+
+/// Waits until db-loader created the database, and connects to it.
+async fn wait_for_database(db: &TestDatabase) -> Res<stream_core::connect::postgres::tokio_postgres::Client> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(client) = db.connect().await {
+            return Ok(client);
+        }
+        if Instant::now() > deadline {
+            return Err("db-loader did not create its database within a minute".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn count(client: &stream_core::connect::postgres::tokio_postgres::Client) -> i64 {
+    client.query_one("SELECT count(*) FROM temperature", &[]).await.map_or(0, |r| r.get(0))
+}
+
+async fn measured(client: &stream_core::connect::postgres::tokio_postgres::Client, since: i64) -> u64 {
+    client
+        .query_one("SELECT count(*) FROM temperature WHERE timestamp_ms >= $1", &[&since])
+        .await
+        .map_or(0, |r| r.get::<_, i64>(0) as u64)
+}
