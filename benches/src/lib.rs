@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use stream_core::AppBuilder;
 use stream_core::prelude::*;
 use stream_core::transport::OutMessage;
 
@@ -119,4 +120,34 @@ fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An app that fills a table fast, for the recovery benchmarks: every event
+/// on `fill` (4 partitions) with value `block` sets the 10,000 keys
+/// `key-<block>-<i>` of the table `keys`.
+pub type Filler = (App, Topic<u32, u32>, Table<String, u64>);
+
+/// Keys an event of a [`Filler`] sets.
+pub const FILL_BLOCK: u32 = 10_000;
+
+/// Declares a [`Filler`] on the app `builder` builds.
+pub fn filler(builder: AppBuilder) -> Result<Filler, stream_core::Error> {
+    let app = builder.build()?;
+    let fill = app.topic::<u32, u32>("fill").partitions(4);
+    let table = app.table::<String, u64>("keys", &fill);
+    let t = table.clone();
+    app.agent("fill", &fill, move |mut events| {
+        let table = t.clone();
+        async move {
+            while let Some(e) = events.next().await {
+                let part = table.at(&e)?;
+                let block = *e.value();
+                for i in 0..u64::from(FILL_BLOCK) {
+                    part.insert(&format!("key-{block}-{i}"), &i).await?;
+                }
+            }
+            Ok(())
+        }
+    });
+    Ok((app, fill, table))
 }

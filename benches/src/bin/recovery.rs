@@ -10,32 +10,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use stream_core::prelude::*;
+use strom_benches::{FILL_BLOCK, Filler};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-/// An app whose agent sets 10,000 keys of the table `keys` per event.
-/// The app, its input and its table.
-type Filler = (App, Topic<u32, u32>, Table<String, u64>);
-
+/// The filler app on a memory broker shared by the runs, with its state in `state`.
 fn filler(state: &std::path::Path) -> Res<Filler> {
-    let app = App::builder("recovery").broker("memory://recovery-bench").state_dir(state).without_web().build()?;
-    let fill = app.topic::<u32, u32>("fill").partitions(4);
-    let table = app.table::<String, u64>("keys", &fill);
-    let t = table.clone();
-    app.agent("fill", &fill, move |mut events| {
-        let table = t.clone();
-        async move {
-            while let Some(e) = events.next().await {
-                let part = table.at(&e)?;
-                let block = *e.value();
-                for i in 0..10_000u64 {
-                    part.insert(&format!("key-{block}-{i}"), &i).await?;
-                }
-            }
-            Ok(())
-        }
-    });
-    Ok((app, fill, table))
+    let builder = App::builder("recovery").broker("memory://recovery-bench").state_dir(state).without_web();
+    Ok(strom_benches::filler(builder)?)
 }
 
 async fn ready(worker: &stream_core::Worker) {
@@ -49,7 +31,7 @@ fn main() -> Res<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let dir = std::env::temp_dir().join(format!("strom-recovery-bench-{}", std::process::id()));
     rt.block_on(async {
-        let blocks = keys.div_ceil(10_000);
+        let blocks = keys.div_ceil(FILL_BLOCK);
         let (app, fill, table) = filler(&dir.join("filled"))?;
         let worker = app.start().await?;
         ready(&worker).await;
@@ -57,11 +39,11 @@ fn main() -> Res<()> {
         for block in 0..blocks {
             fill.send(&block, &block).await?;
         }
-        while table.stats().writes.load(Ordering::Relaxed) < u64::from(blocks) * 10_000 {
+        while table.stats().writes.load(Ordering::Relaxed) < u64::from(blocks * FILL_BLOCK) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         worker.stop().await?;
-        println!("filled {} keys in {:.2} s", blocks * 10_000, started.elapsed().as_secs_f64());
+        println!("filled {} keys in {:.2} s", blocks * FILL_BLOCK, started.elapsed().as_secs_f64());
         drop((app, fill, table));
 
         for (what, state) in [("cold (empty state directory)", "cold"), ("warm (the filled store)", "filled")] {

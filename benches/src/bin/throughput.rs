@@ -30,6 +30,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde_json::{Map, Value};
 use stream_core::prelude::*;
+use strom_benches::{FILL_BLOCK, Filler, filler};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -257,14 +258,14 @@ fn raw_loop(servers: &str, input: &str, output: &str, group: &str, n: usize) -> 
     Ok(Measure { messages: seen, elapsed: t0.elapsed(), cpu: cpu_time() - c0 })
 }
 
+/// An app on the benchmark's broker, under the run's topic prefix.
+fn kafka_app(id: &str, servers: &str, prefix: &str) -> stream_core::AppBuilder {
+    App::builder(id).broker(format!("kafka://{servers}")).topic_prefix(prefix).without_web()
+}
+
 /// (b) Strom's relay, in this process, on the same input.
 async fn strom_relay(servers: &str, prefix: &str, n: usize) -> Res<Measure> {
-    let app = stream_core::App::builder("relay")
-        .broker(format!("kafka://{servers}"))
-        .topic_prefix(prefix)
-        .without_web()
-        .env()?
-        .build()?;
+    let app = kafka_app("relay", servers, prefix).env()?.build()?;
     strom_examples::relay::build(&app);
     let worker = app.start().await?;
     let stats = worker.agent_stats("relay").ok_or("no relay agent")?;
@@ -297,13 +298,7 @@ async fn strom_relay(servers: &str, prefix: &str, n: usize) -> Res<Measure> {
 /// The app of (c): per event, the key's count and its last 10 readings in
 /// the table `stats`.
 fn table_app(servers: &str, prefix: &str, id: &str, state: &std::path::Path) -> Res<(App, Table<String, KeyStats>)> {
-    let app = App::builder(id)
-        .broker(format!("kafka://{servers}"))
-        .topic_prefix(prefix)
-        .state_dir(state)
-        .without_web()
-        .env()?
-        .build()?;
+    let app = kafka_app(id, servers, prefix).state_dir(state).env()?.build()?;
     let input = app.topic::<String, Value>("relay.in").partitions(4);
     let stats = app.table::<String, KeyStats>("stats", &input);
     let table = stats.clone();
@@ -422,9 +417,6 @@ async fn wait_ready(worker: &stream_core::Worker) -> Res<()> {
     Ok(())
 }
 
-/// The warm-restart app, its input and its table.
-type WarmApp = (App, Topic<u32, u32>, Table<String, u8>);
-
 struct Warm {
     keys: usize,
     recovery: Duration,
@@ -435,41 +427,16 @@ struct Warm {
 /// Fills a table with `keys` keys (events that each set 10,000 keys), stops
 /// the worker cleanly and times the restart on the same state directory.
 async fn warm_restart(servers: &str, prefix: &str, state: &std::path::Path, keys: usize) -> Res<Warm> {
-    let build = || -> Res<WarmApp> {
-        let app = App::builder("warm")
-            .broker(format!("kafka://{servers}"))
-            .topic_prefix(prefix)
-            .state_dir(state)
-            .without_web()
-            .env()?
-            .build()?;
-        let fill = app.topic::<u32, u32>("fill").partitions(4);
-        let table = app.table::<String, u8>("keys", &fill);
-        let t = table.clone();
-        app.agent("fill", &fill, move |mut events| {
-            let table = t.clone();
-            async move {
-                while let Some(e) = events.next().await {
-                    let part = table.at(&e)?;
-                    let block = *e.value();
-                    for i in 0..10_000 {
-                        part.insert(&format!("key-{block}-{i}"), &1).await?;
-                    }
-                }
-                Ok(())
-            }
-        });
-        Ok((app, fill, table))
-    };
+    let build = || -> Res<Filler> { Ok(filler(kafka_app("warm", servers, prefix).state_dir(state).env()?)?) };
     let (app, fill, table) = build()?;
     let worker = app.start().await?;
     wait_ready(&worker).await?;
-    let blocks = keys.div_ceil(10_000) as u32;
+    let blocks = (keys as u32).div_ceil(FILL_BLOCK);
     for block in 0..blocks {
         fill.send(&block, &block).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(900);
-    while table.stats().writes.load(Ordering::Relaxed) < u64::from(blocks) * 10_000 {
+    while table.stats().writes.load(Ordering::Relaxed) < u64::from(blocks * FILL_BLOCK) {
         if Instant::now() > deadline {
             return Err("the table did not fill within 15 minutes".into());
         }
@@ -484,7 +451,7 @@ async fn warm_restart(servers: &str, prefix: &str, state: &std::path::Path, keys
     wait_ready(&worker).await?;
     let ready = started.elapsed();
     let warm = Warm {
-        keys: blocks as usize * 10_000,
+        keys: (blocks * FILL_BLOCK) as usize,
         recovery: Duration::from_nanos(table.stats().recovery_ns.load(Ordering::Relaxed)),
         replayed: table.stats().replayed.load(Ordering::Relaxed),
         ready,
