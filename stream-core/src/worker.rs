@@ -328,8 +328,12 @@ impl Worker {
 
         let mut background = JoinSet::new();
         background.spawn(commit_loop(shared.clone(), stop_rx.clone()));
-        background.spawn(idle_window_loop(shared.clone(), stop_rx.clone()));
-        background.spawn(follow_loop(shared.clone(), stop_rx.clone()));
+        if shared.tables.close_idle() {
+            background.spawn(idle_window_loop(shared.clone(), stop_rx.clone()));
+        }
+        if shared.tables.need_following() {
+            background.spawn(follow_loop(shared.clone(), stop_rx.clone()));
+        }
         for timer in lock(&app.timers).iter().cloned() {
             background.spawn(timer.run(stop_rx.clone()));
         }

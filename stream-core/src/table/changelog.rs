@@ -204,6 +204,16 @@ impl Tables {
         }
     }
 
+    /// Whether any table needs the follower: a global table, or standbys.
+    pub(crate) fn need_following(&self) -> bool {
+        self.tables.iter().any(|t| t.global || t.standby_replicas() > 0)
+    }
+
+    /// Whether any windowed table closes the windows of idle partitions.
+    pub(crate) fn close_idle(&self) -> bool {
+        self.tables.iter().any(|t| lock(&t.idle).is_some())
+    }
+
     /// Closes the windows of idle partitions, for windowed tables with an
     /// idle timeout; returns how soon to look again.
     pub(crate) async fn close_idle_windows(&self) -> Duration {
