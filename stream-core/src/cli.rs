@@ -46,11 +46,13 @@ enum Command {
 }
 
 /// Sets up logging from `RUST_LOG` (default `info`); JSON lines when
-/// `STROM_LOG_FORMAT=json`. Does nothing when a subscriber is already set.
+/// `STROM_LOG_FORMAT=json`; in colour when stderr is a terminal. Does nothing when a subscriber is already set.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours for a terminal only, not in files and log collectors.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     let _ = if std::env::var("STROM_LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().try_init()
     } else {

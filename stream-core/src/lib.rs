@@ -83,7 +83,7 @@ pub use table::{GlobalTable, Table, TablePartition, TableStats};
 pub use timer::Shutdown;
 pub use topic::{MessageBuilder, Topic};
 pub use tracking::DeliveryReceipt;
-pub use worker::Worker;
+pub use worker::{Worker, shutdown_signal};
 
 #[doc = include_str!("../../docs/GUIDE.md")]
 pub mod guide {}

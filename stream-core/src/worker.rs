@@ -482,7 +482,9 @@ impl Drop for Worker {
     }
 }
 
-async fn shutdown_signal() -> Result<()> {
+/// Resolves at SIGINT (Ctrl-C) or SIGTERM: what [`Worker::run_until_signal`]
+/// waits for, for programs that run several workers.
+pub async fn shutdown_signal() -> Result<()> {
     let io = |source| Error::Io { context: "installing the signal handler".into(), source };
     #[cfg(unix)]
     {
