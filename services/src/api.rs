@@ -39,6 +39,8 @@ use stream_core::metrics::prometheus_client::metrics::counter::Counter;
 use stream_core::metrics::prometheus_client::metrics::family::Family;
 use stream_core::metrics::prometheus_client::metrics::gauge::Gauge;
 
+use crate::embedded::{Embedded, Point};
+
 /// The OpenAPI 3 document of the API.
 pub const OPENAPI: &str = include_str!("../assets/openapi.json");
 const DOCS_HTML: &str = include_str!("../assets/docs.html");
@@ -56,11 +58,24 @@ pub struct Value {
     pub value: f64,
 }
 
-/// The API's routes, reading the database at `url` (a `DATABASE_URL`), its
-/// metrics registered on `app`. Serve them with `app.routes(...)`.
-pub fn router(app: &App, url: &str) -> Result<Router, tokio_postgres::Error> {
+/// Where the API reads the rows db-loader wrote.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// Postgres at a `DATABASE_URL`.
+    Postgres(&'a str),
+    /// The embedded database of the one-process demo.
+    Embedded(&'a Embedded),
+}
+
+/// The API's routes, reading `source`, its metrics registered on `app`.
+/// Serve them with `app.routes(...)`.
+pub fn router(app: &App, source: Source<'_>) -> Result<Router, tokio_postgres::Error> {
     let metrics = ApiMetrics::register(app);
-    let state = Arc::new(Api { db: Db::new(url)?, metrics });
+    let db = match source {
+        Source::Postgres(url) => Db::Postgres(Box::new(PgReader::new(url)?)),
+        Source::Embedded(embedded) => Db::Embedded(embedded.clone()),
+    };
+    let state = Arc::new(Api { db, metrics });
     Ok(Router::new()
         .route("/temperature", get(temperature))
         .route("/average", get(average))
@@ -133,11 +148,16 @@ async fn range(api: &Api, table: &str, uri: &Uri) -> Result<Vec<Value>, Failure>
     }
     // Inclusive bounds in whole milliseconds: the first at or after start, the last at or before end.
     let (from_ms, to_ms) = (start.div_euclid(1000) + i64::from(start.rem_euclid(1000) != 0), end.div_euclid(1000));
-    let sql = format!(
-        "SELECT timestamp_ms, value FROM {table}
-         WHERE sensor_num = $1 AND timestamp_ms BETWEEN $2 AND $3 ORDER BY timestamp_ms DESC"
-    );
-    api.db.values(&sql, &[&i64::from(sensor), &from_ms, &to_ms], sensor).await
+    match &api.db {
+        Db::Postgres(db) => {
+            let sql = format!(
+                "SELECT timestamp_ms, value FROM {table}
+                 WHERE sensor_num = $1 AND timestamp_ms BETWEEN $2 AND $3 ORDER BY timestamp_ms DESC"
+            );
+            db.values(&sql, &[&i64::from(sensor), &from_ms, &to_ms], sensor).await
+        }
+        Db::Embedded(db) => embedded(db.range(table, sensor, from_ms, to_ms), sensor),
+    }
 }
 
 /// `/temperature_latest`: a sensor's newest reading, if any.
@@ -147,8 +167,20 @@ async fn latest(api: &Api, uri: &Uri) -> Result<Vec<Value>, Failure> {
     let Some(sensor) = params.sensor_num(&mut problems) else {
         return Err(Failure::Invalid(problems));
     };
-    let sql = "SELECT timestamp_ms, value FROM temperature WHERE sensor_num = $1 ORDER BY timestamp_ms DESC LIMIT 1";
-    api.db.values(sql, &[&i64::from(sensor)], sensor).await
+    match &api.db {
+        Db::Postgres(db) => {
+            let sql =
+                "SELECT timestamp_ms, value FROM temperature WHERE sensor_num = $1 ORDER BY timestamp_ms DESC LIMIT 1";
+            db.values(sql, &[&i64::from(sensor)], sensor).await
+        }
+        Db::Embedded(db) => embedded(db.latest("temperature", sensor).map(Vec::from_iter), sensor),
+    }
+}
+
+/// The embedded database's answer as the API's.
+fn embedded(points: Result<Vec<Point>, sled::Error>, sensor_num: u32) -> Result<Vec<Value>, Failure> {
+    let points = points.map_err(|e| Failure::Unavailable(e.to_string()))?;
+    Ok(points.into_iter().map(|(ms, value)| Value { timestamp: ms as f64 / 1000.0, sensor_num, value }).collect())
 }
 
 impl Api {
@@ -275,15 +307,21 @@ impl ApiMetrics {
 /// How long a request may wait for the database before it is a 503.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The rows the API reads.
+enum Db {
+    Postgres(Box<PgReader>),
+    Embedded(Embedded),
+}
+
 /// One connection to the database, opened on first use and again after it
 /// was lost. Queries share it (tokio-postgres pipelines them).
-struct Db {
+struct PgReader {
     config: Config,
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
 }
 
-impl Db {
-    fn new(url: &str) -> Result<Db, tokio_postgres::Error> {
+impl PgReader {
+    fn new(url: &str) -> Result<PgReader, tokio_postgres::Error> {
         let mut config = Config::from_str(url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(3));
@@ -292,7 +330,7 @@ impl Db {
         if config.get_application_name().is_none() {
             config.application_name("strom-api-gateway");
         }
-        Ok(Db { config, client: tokio::sync::Mutex::new(None) })
+        Ok(PgReader { config, client: tokio::sync::Mutex::new(None) })
     }
 
     async fn client(&self) -> Result<Arc<Client>, tokio_postgres::Error> {

@@ -1,10 +1,12 @@
 //! What collection does with an MQTT message: keep it as it came, as a
 //! [`RawReading`] keyed by its MQTT topic.
 
-use stream_core::connect::mqtt::MqttMessage;
+use stream_core::App;
+use stream_core::connect::mqtt::{MqttMessage, MqttSource};
 
 use crate::records::RawReading;
 use crate::service::env_or;
+use crate::topics;
 
 /// The MQTT topic filters collection subscribes to: the richer form and the
 /// seed's (DESIGN.md, "MQTT input").
@@ -19,6 +21,23 @@ pub const MAX_PAYLOAD: usize = 16 * 1024;
 pub fn filters() -> [String; 2] {
     let prefix = env_or("MQTT_TOPIC_PREFIX", "");
     FILTERS.map(|f| format!("{prefix}{f}"))
+}
+
+/// collection's task `mqtt`: every message `source` receives on [`filters`]
+/// to `sensors.raw`, as received; a payload that is not UTF-8 or over
+/// [`MAX_PAYLOAD`] to `sensors.raw.dlq` with the reason.
+pub fn collect(app: &App, source: MqttSource) {
+    let raw = topics::raw(app);
+    let [richer_form, seed_form] = filters();
+    source
+        .subscribe(richer_form)
+        .subscribe(seed_form)
+        .dead_letters(&topics::raw_dead_letters(app))
+        .max_payload(MAX_PAYLOAD)
+        .task(app, "mqtt", move |msg: MqttMessage| {
+            let raw = raw.clone();
+            async move { Ok(vec![raw.send_record(&RawReading::from_mqtt(&msg)?).await?]) }
+        });
 }
 
 /// A payload that is not UTF-8 text.

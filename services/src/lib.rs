@@ -14,6 +14,8 @@
 pub mod aggregation;
 pub mod api;
 pub mod collection;
+pub mod demo;
+pub mod embedded;
 pub mod loader;
 pub mod processing;
 pub mod records;

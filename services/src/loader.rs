@@ -11,6 +11,9 @@
 //! twice; the first one written, computed before the crash, is the one kept.
 //! (Two readings of one sensor with the same millisecond are one row.)
 //!
+//! The one-process demo keeps the same rows in an [`Embedded`] database
+//! instead of Postgres, with the same keys and the same first-write-wins rule.
+//!
 //! Metrics: `strom_rows_loaded_total{table}` (rows added; replayed rows are
 //! not counted) and the histogram `strom_sensor_to_db_latency_seconds`, from
 //! the sensor's timestamp to the commit of the row's batch.
@@ -23,7 +26,9 @@ use stream_core::metrics::prometheus_client::metrics::family::Family;
 use stream_core::metrics::prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use stream_core::prelude::*;
 
+use crate::embedded::Embedded;
 use crate::records::{Average, Temperature};
+use crate::topics;
 
 /// The database when `DATABASE_URL` is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/strom";
@@ -54,12 +59,31 @@ pub fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
 }
 
-/// The database at `url`, created when missing, its connector's metrics on
-/// the app's registry.
-pub fn database(app: &App, url: &str) -> Result<Postgres, PgError> {
+/// The Postgres database at `url` (a `DATABASE_URL`), created with
+/// [`SCHEMA`] when missing, its connector's metrics on the app's registry.
+/// Waits for Postgres while it cannot be reached.
+pub async fn postgres(app: &App, url: &str) -> Result<Database, PgError> {
     let db = Postgres::connect_lazy(url)?.create_database_if_missing();
     db.register_metrics(app.metrics());
-    Ok(db)
+    db.ensure_schema(SCHEMA).await?;
+    Ok(Database::Postgres(db))
+}
+
+/// db-loader's agents: every record of `sensors.processed` as a row of
+/// `temperature`, every record of `sensors.averages` as a row of `average`.
+pub fn load_all(app: &App, db: &Database) {
+    let metrics = LoaderMetrics::register(app);
+    load(app, "load-temperature", &topics::processed(app), db, &metrics);
+    load(app, "load-average", &topics::averages(app), db, &metrics);
+}
+
+/// Where the rows go: Postgres, or the embedded database of the one-process demo.
+#[derive(Clone, Debug)]
+pub enum Database {
+    /// The tables [`SCHEMA`] creates.
+    Postgres(Postgres),
+    /// The same rows in the process.
+    Embedded(Embedded),
 }
 
 /// A record that becomes one row of a table.
@@ -70,6 +94,8 @@ pub trait Row: Payload + Send + Sync + 'static {
     const COLUMNS: &'static [&'static str];
     /// The row's values.
     fn values(&self) -> impl ToRow + 'static;
+    /// The row as the API reads it: sensor number, timestamp (epoch ms) and value.
+    fn point(&self) -> (u32, i64, f64);
     /// The sensor's timestamp, epoch milliseconds.
     fn sensor_time_ms(&self) -> i64;
 }
@@ -79,6 +105,9 @@ impl Row for Temperature {
     const COLUMNS: &'static [&'static str] = &["sensor_num", "timestamp_ms", "value", "received_ms"];
     fn values(&self) -> impl ToRow + 'static {
         (i64::from(self.sensor_num), self.timestamp_ms, self.value, self.received_ms)
+    }
+    fn point(&self) -> (u32, i64, f64) {
+        (self.sensor_num, self.timestamp_ms, self.value)
     }
     fn sensor_time_ms(&self) -> i64 {
         self.timestamp_ms
@@ -90,6 +119,9 @@ impl Row for Average {
     const COLUMNS: &'static [&'static str] = &["sensor_num", "timestamp_ms", "value", "count"];
     fn values(&self) -> impl ToRow + 'static {
         (i64::from(self.sensor_num), self.timestamp_ms, self.value, i64::from(self.count))
+    }
+    fn point(&self) -> (u32, i64, f64) {
+        (self.sensor_num, self.timestamp_ms, self.value)
     }
     fn sensor_time_ms(&self) -> i64 {
         self.timestamp_ms
@@ -123,10 +155,13 @@ const BATCH: (usize, Duration) = (500, Duration::from_millis(50));
 
 /// Declares the agent `name` that writes every record of `topic` as a row of
 /// `R::TABLE` (which [`SCHEMA`] creates), a batch per insert. A batch's events
-/// are committed once its rows are; while the database is down the agent
-/// waits and retries.
-pub fn load<R: Row>(app: &App, name: &str, topic: &Topic<u32, R>, db: &Postgres, metrics: &LoaderMetrics) {
-    let sink = PgSink::new(db, R::TABLE, R::COLUMNS).on_conflict_do_nothing();
+/// are committed once its rows are; while Postgres is down the agent waits
+/// and retries.
+pub fn load<R: Row>(app: &App, name: &str, topic: &Topic<u32, R>, db: &Database, metrics: &LoaderMetrics) {
+    let sink = match db {
+        Database::Postgres(pg) => Sink::Postgres(PgSink::new(pg, R::TABLE, R::COLUMNS).on_conflict_do_nothing()),
+        Database::Embedded(embedded) => Sink::Embedded(embedded.clone()),
+    };
     let rows = metrics.rows.get_or_create(&vec![("table".to_owned(), R::TABLE.to_owned())]).clone();
     let latency = metrics.latency.clone();
     app.agent(name, topic, move |events| {
@@ -134,7 +169,7 @@ pub fn load<R: Row>(app: &App, name: &str, topic: &Topic<u32, R>, db: &Postgres,
         async move {
             let mut batches = events.take(BATCH.0, BATCH.1);
             while let Some(batch) = batches.next().await {
-                let added = sink.insert(batch.iter().map(|e| e.value().values())).await?;
+                let added = sink.insert(&batch).await?;
                 rows.inc_by(added);
                 // A batch that added nothing was all replay: its rows were committed long ago.
                 if added > 0 {
@@ -148,6 +183,23 @@ pub fn load<R: Row>(app: &App, name: &str, topic: &Topic<u32, R>, db: &Postgres,
             Ok(())
         }
     });
+}
+
+/// Where one table's rows go.
+#[derive(Clone)]
+enum Sink {
+    Postgres(PgSink),
+    Embedded(Embedded),
+}
+
+impl Sink {
+    /// Writes the batch's rows and returns how many were new.
+    async fn insert<R: Row>(&self, batch: &[Event<u32, R>]) -> Result<u64, BoxError> {
+        Ok(match self {
+            Sink::Postgres(sink) => sink.insert(batch.iter().map(|e| e.value().values())).await?,
+            Sink::Embedded(db) => db.insert(R::TABLE, batch.iter().map(|e| e.value().point())).await?,
+        })
+    }
 }
 
 fn epoch_ms(t: SystemTime) -> i64 {

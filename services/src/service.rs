@@ -7,8 +7,10 @@ use stream_core::{App, Error, Result};
 pub const DEFAULT_BROKER: &str = "kafka://127.0.0.1:9092";
 
 /// The app of service `id`: `STROM_BROKER` (default [`DEFAULT_BROKER`]),
-/// `STROM_WEB_PORT` (default `web_port`) and the other `STROM_*` variables.
+/// `STROM_WEB_PORT` (default `web_port`) and the other `STROM_*` variables,
+/// with logging set up (`RUST_LOG`).
 pub fn app(id: &str, web_port: u16) -> Result<App> {
+    stream_core::init_logging();
     App::builder(id).broker(DEFAULT_BROKER).web_port(web_port).env()?.build()
 }
 

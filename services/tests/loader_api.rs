@@ -17,9 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use stream_core::prelude::*;
 use stream_core::testing::TestDriver;
-use strom_services::api;
-use strom_services::loader::{self, LoaderMetrics};
+use strom_services::api::{self, Source};
 use strom_services::records::{AVERAGES, Average, PARTITIONS, PROCESSED, Temperature};
+use strom_services::{loader, topics};
 
 // The process helper of the examples' tests: a worker binary as an operator runs it.
 #[path = "../../examples/tests/common/mod.rs"]
@@ -131,14 +131,11 @@ struct Loaded {
 /// A worker with db-loader's agents and api-gateway's routes, on `db`.
 async fn start(db: &TestDb) -> Loaded {
     let app = TestDriver::builder_on(&format!("memory://{}", db.name()), "db-loader").web_port(0).build().unwrap();
-    let processed = app.topic::<u32, Temperature>(PROCESSED).partitions(PARTITIONS);
-    let averages = app.topic::<u32, Average>(AVERAGES).partitions(PARTITIONS);
-    let pg = loader::database(&app, &db.url()).unwrap();
-    tokio::time::timeout(WAIT, pg.ensure_schema(loader::SCHEMA)).await.unwrap().unwrap();
-    let metrics = LoaderMetrics::register(&app);
-    loader::load(&app, "load-temperature", &processed, &pg, &metrics);
-    loader::load(&app, "load-average", &averages, &pg, &metrics);
-    app.routes(api::router(&app, &db.url()).unwrap());
+    let processed = topics::processed(&app);
+    let averages = topics::averages(&app);
+    let pg = tokio::time::timeout(WAIT, loader::postgres(&app, &db.url())).await.unwrap().unwrap();
+    loader::load_all(&app, &pg);
+    app.routes(api::router(&app, Source::Postgres(&db.url())).unwrap());
     let driver = TestDriver::start(&app).await.unwrap();
     let web = driver.worker().and_then(|w| w.web_addr()).unwrap();
     let web = SocketAddr::from(([127, 0, 0, 1], web.port()));
@@ -254,7 +251,7 @@ async fn api_without_database() -> (App, TestDriver, SocketAddr) {
     let app =
         TestDriver::builder_on(&format!("memory://{}", unique("api")), "api-gateway").web_port(0).build().unwrap();
     // Nothing listens on port 1.
-    app.routes(api::router(&app, "postgres://postgres@127.0.0.1:1/strom?connect_timeout=2").unwrap());
+    app.routes(api::router(&app, Source::Postgres("postgres://postgres@127.0.0.1:1/strom?connect_timeout=2")).unwrap());
     let driver = TestDriver::start(&app).await.unwrap();
     let port = driver.worker().and_then(|w| w.web_addr()).unwrap().port();
     (app, driver, SocketAddr::from(([127, 0, 0, 1], port)))

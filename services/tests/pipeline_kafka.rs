@@ -8,14 +8,13 @@
 
 #[path = "../../examples/tests/common/mod.rs"]
 mod common;
+mod mqtt;
 mod pg;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::{Process, WAIT, kafka_url};
-use stream_core::connect::mqtt::client_options;
-use stream_core::connect::mqtt::rumqttc::{AsyncClient, Event, Packet, QoS};
 use stream_core::testing::TestDriver;
 use strom_services::records::{AVERAGES, Average, PROCESSED, RAW, Temperature};
 use strom_services::topics;
@@ -59,25 +58,8 @@ fn reading(prefix: &str, n: u32, round: i64) -> ((u32, i64, f64), (String, Strin
     ((n, ts, celsius), message)
 }
 
-/// Publishes with QoS 1 and waits for the broker's acknowledgements.
 async fn publish(messages: &[(String, Vec<u8>)]) {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    let options = client_options(&format!("mqtt://{MQTT}"), &format!("strom-test-pub-{nanos:x}")).unwrap();
-    let (client, mut events) = AsyncClient::new(options, messages.len() + 10);
-    for (topic, payload) in messages {
-        client.publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
-    }
-    let mut acked = 0;
-    tokio::time::timeout(WAIT, async {
-        while acked < messages.len() {
-            if let Event::Incoming(Packet::PubAck(_)) = events.poll().await.unwrap() {
-                acked += 1;
-            }
-        }
-    })
-    .await
-    .expect("the MQTT broker acknowledges what is published");
-    let _ = client.disconnect().await;
+    mqtt::publish(&format!("mqtt://{MQTT}"), messages).await;
 }
 
 async fn wait_metric(process: &Process, prefix: &str, value: f64) {

@@ -3,13 +3,15 @@
 //! `/docs`), served on the worker's port 8007 beside `/metrics` and `/health`.
 
 use stream_core::prelude::*;
-use strom_services::{api, loader};
+use strom_services::api::{self, Source};
+use strom_services::loader;
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     stream_core::init_logging();
-    let app = App::builder("api-gateway").web_port(8007).env()?.build()?;
-    app.routes(api::router(&app, &loader::database_url())?);
+    // It reads Postgres only: no broker.
+    let app = App::builder("api-gateway").broker("memory://").web_port(8007).env()?.build()?;
+    app.routes(api::router(&app, Source::Postgres(&loader::database_url()))?);
     app.main().await?;
     Ok(())
 }

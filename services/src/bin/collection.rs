@@ -7,26 +7,14 @@
 //! Kafka has it. A payload that is not UTF-8 or over 16 KiB goes to
 //! `sensors.raw.dlq` with the reason.
 
-use stream_core::connect::mqtt::{MqttMessage, MqttSource};
-use strom_services::collection::{self, MAX_PAYLOAD, SHARE_GROUP};
-use strom_services::records::RawReading;
-use strom_services::{service, topics};
+use stream_core::connect::mqtt::MqttSource;
+use strom_services::collection::{self, SHARE_GROUP};
+use strom_services::service;
 
 #[tokio::main]
 async fn main() -> Result<(), stream_core::Error> {
     let app = service::app("collection", 7002)?;
-    let raw = topics::raw(&app);
     let client_id = service::env_or("MQTT_CLIENT_ID", "collection");
-    let [richer_form, seed_form] = collection::filters();
-    MqttSource::from_env(&app, &client_id)?
-        .subscribe(richer_form)
-        .subscribe(seed_form)
-        .shared(SHARE_GROUP)
-        .dead_letters(&topics::raw_dead_letters(&app))
-        .max_payload(MAX_PAYLOAD)
-        .task(&app, "mqtt", move |msg: MqttMessage| {
-            let raw = raw.clone();
-            async move { Ok(vec![raw.send_record(&RawReading::from_mqtt(&msg)?).await?]) }
-        });
+    collection::collect(&app, MqttSource::from_env(&app, &client_id)?.shared(SHARE_GROUP));
     app.main().await
 }

@@ -1,0 +1,14 @@
+//! sensor-demo: the whole sensor pipeline in one process, with nothing
+//! outside it by default: `memory://` broker, an MQTT broker in the process,
+//! an embedded database instead of Postgres. Prints where the API docs and
+//! the metrics are; Ctrl-C stops it. See `strom_services::demo`.
+
+use strom_services::demo::Demo;
+
+#[tokio::main]
+async fn main() -> Result<(), stream_core::BoxError> {
+    let demo = Demo::start().await?;
+    println!("{}", demo.banner());
+    demo.run_until_signal().await?;
+    Ok(())
+}
