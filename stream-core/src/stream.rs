@@ -419,7 +419,17 @@ impl<K: Send + 'static, V: Send + 'static> EventStream<K, V> {
     /// batch's first event, whichever comes first. The stream's last batch
     /// may be shorter.
     pub fn take(self, n: usize, within: Duration) -> Batches<K, V> {
-        Batches { inner: self, n: n.max(1), within, buffer: Vec::new(), deadline: None, done: false }
+        Batches { inner: self, n: n.max(1), within: Some(within), buffer: Vec::new(), deadline: None, done: false }
+    }
+
+    /// Batches events without waiting for more: each batch is what has
+    /// arrived by the time it is asked for, up to `n`, and at least one
+    /// event. A sink that writes a batch at a time (a database, a file)
+    /// gets one event at a time when the stream is slow, so nothing waits
+    /// for a batch to fill, and larger batches as events arrive while it
+    /// writes, so it keeps up under load.
+    pub fn take_ready(self, n: usize) -> Batches<K, V> {
+        Batches { inner: self, n: n.max(1), within: None, buffer: Vec::new(), deadline: None, done: false }
     }
 }
 
@@ -448,11 +458,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Batches of events; see [`EventStream::take`].
+/// Batches of events; see [`EventStream::take`] and [`EventStream::take_ready`].
 pub struct Batches<K, V> {
     inner: EventStream<K, V>,
     n: usize,
-    within: Duration,
+    /// How long a batch waits for more after its first event; `None`: not at all.
+    within: Option<Duration>,
     buffer: Vec<Event<K, V>>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
@@ -481,8 +492,10 @@ impl<K, V> Stream for Batches<K, V> {
             }
             match this.inner.inner.as_mut().poll_next(cx) {
                 Poll::Ready(Some(event)) => {
-                    if this.buffer.is_empty() {
-                        this.deadline = Some(Box::pin(tokio::time::sleep(this.within)));
+                    if this.buffer.is_empty()
+                        && let Some(within) = this.within
+                    {
+                        this.deadline = Some(Box::pin(tokio::time::sleep(within)));
                     }
                     this.buffer.push(event);
                 }
@@ -495,6 +508,9 @@ impl<K, V> Stream for Batches<K, V> {
                     return Poll::Ready(Some(std::mem::take(&mut this.buffer)));
                 }
                 Poll::Pending => {
+                    if this.within.is_none() && !this.buffer.is_empty() {
+                        return Poll::Ready(Some(std::mem::take(&mut this.buffer)));
+                    }
                     if let Some(deadline) = this.deadline.as_mut()
                         && deadline.as_mut().poll(cx).is_ready()
                     {

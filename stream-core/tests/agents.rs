@@ -127,6 +127,43 @@ async fn take_batches_by_count_or_time_whichever_first() {
     driver.stop().await.unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn take_ready_batches_what_has_arrived_without_waiting() {
+    let app = TestDriver::app("take-ready");
+    let input = app.topic::<(), u32>("in");
+    let batches: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (b2, g2) = (batches.clone(), gate.clone());
+    app.agent("writer", &input, move |events| {
+        let (batches, gate) = (b2.clone(), g2.clone());
+        async move {
+            let mut batched = events.take_ready(5);
+            while let Some(batch) = batched.next().await {
+                batches.lock().unwrap().push(batch.iter().map(|e| *e.value()).collect());
+                // A slow write: events arrive meanwhile.
+                gate.acquire().await?.forget();
+            }
+            Ok(())
+        }
+    });
+    let driver = TestDriver::start(&app).await.unwrap();
+    let sent_at = tokio::time::Instant::now();
+    driver.send(&input, None, &0).await.unwrap();
+    driver.wait_until(WAIT, async |_| Ok(batches.lock().unwrap().len() == 1)).await.unwrap();
+    assert!(tokio::time::Instant::now() - sent_at < Duration::from_millis(100), "a lone event does not wait");
+    for i in 1..12 {
+        driver.send(&input, None, &i).await.unwrap();
+    }
+    // All eleven reach the agent while it writes its first batch (the
+    // paused clock moves on only when nothing else can run).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    gate.add_permits(10);
+    driver.wait_until(WAIT, async |_| Ok(batches.lock().unwrap().len() == 4)).await.unwrap();
+    assert_eq!(*batches.lock().unwrap(), vec![vec![0], vec![1, 2, 3, 4, 5], vec![6, 7, 8, 9, 10], vec![11]]);
+    driver.wait_until(WAIT, async |d| Ok(d.committed("in", 0).await? == Some(12))).await.unwrap();
+    driver.stop().await.unwrap();
+}
+
 async fn group_by_repartitions_by_the_new_key(env: Env) {
     let app = env.app("groupby");
     let lines = app.topic::<(), String>("lines").partitions(3);
