@@ -18,7 +18,7 @@
 //! not counted) and the histogram `strom_sensor_to_db_latency_seconds`, from
 //! the sensor's timestamp to the commit of the row's batch.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use stream_core::connect::postgres::{PgError, PgSink, Postgres, ToRow};
 use stream_core::metrics::prometheus_client::metrics::counter::Counter;
@@ -150,8 +150,10 @@ impl LoaderMetrics {
     }
 }
 
-/// How many events one insert takes at most, and how long a batch waits for more.
-const BATCH: (usize, Duration) = (500, Duration::from_millis(50));
+/// How many events one insert takes at most. A batch is what has arrived
+/// (`take_ready`): one row at a time when readings trickle in, so none waits
+/// for a batch to fill, and larger batches as readings arrive during an insert.
+const BATCH: usize = 500;
 
 /// Declares the agent `name` that writes every record of `topic` as a row of
 /// `R::TABLE` (which [`SCHEMA`] creates), a batch per insert. A batch's events
@@ -167,7 +169,7 @@ pub fn load<R: Row>(app: &App, name: &str, topic: &Topic<u32, R>, db: &Database,
     app.agent(name, topic, move |events| {
         let (sink, rows, latency) = (sink.clone(), rows.clone(), latency.clone());
         async move {
-            let mut batches = events.take(BATCH.0, BATCH.1);
+            let mut batches = events.take_ready(BATCH);
             while let Some(batch) = batches.next().await {
                 let added = sink.insert(&batch).await?;
                 rows.inc_by(added);
