@@ -81,7 +81,10 @@ impl Demo {
                 "processing" => {
                     processing::normalize(&app, &topics::raw(&app), &topics::processed(&app));
                 }
-                "collection" => collection::collect(&app, MqttSource::new(&app, &mqtt_url, "collection")?),
+                "collection" => {
+                    let client_id = env_or("MQTT_CLIENT_ID", "collection");
+                    collection::collect(&app, MqttSource::new(&app, &mqtt_url, &client_id)?);
+                }
                 _ => {
                     let config = simulator::Config { mqtt_url: mqtt_url.clone(), ..simulator::Config::from_env()? };
                     let published = Counter::default();

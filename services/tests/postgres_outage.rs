@@ -78,8 +78,8 @@ async fn send(driver: &TestDriver, range: std::ops::Range<i64>, per_second: u64)
         let (t, a) = reading(i);
         driver.send(&processed, Some(&t.sensor_num), &t).await.unwrap();
         driver.send(&averages, Some(&a.sensor_num), &a).await.unwrap();
-        if per_second > 0 {
-            tokio::time::sleep(Duration::from_millis(1000 / per_second)).await;
+        if let Some(pause) = 1000_u64.checked_div(per_second) {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
 }
@@ -92,7 +92,11 @@ async fn wait_metric(process: &Process, prefix: &str, at_least: f64) {
     }
 }
 
-fn expected(n: i64) -> (BTreeMap<(i64, i64), (f64, i64)>, BTreeMap<(i64, i64), (f64, i64)>) {
+/// Rows by `(sensor_num, timestamp_ms)`: the value, and `received_ms` or `count`.
+type Rows = BTreeMap<(i64, i64), (f64, i64)>;
+
+/// The `temperature` and `average` rows of readings `0..n`.
+fn expected(n: i64) -> (Rows, Rows) {
     (0..n)
         .map(|i| {
             let (t, a) = reading(i);

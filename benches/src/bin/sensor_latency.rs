@@ -13,6 +13,10 @@
 //! Needs the Kafka-protocol broker (`STROM_BENCH_KAFKA`, default
 //! 127.0.0.1:9092), Mosquitto on 127.0.0.1:1883 and PostgreSQL on 127.0.0.1:5432.
 //!
+//! `LATENCY_BROKER=memory` runs the same services in one process instead
+//! (`sensor-demo` on `memory://`, with the same Mosquitto and PostgreSQL):
+//! the pipeline without the broker's share of the latency.
+//!
 //! The services' consumers fetch with `fetch.wait.max.ms` 10 unless
 //! `STROM_KAFKA_FETCH_WAIT_MAX_MS` says otherwise: Tansu holds every fetch
 //! for up to that long (half of it from 250 ms on), even with data waiting,
@@ -57,13 +61,19 @@ fn main() -> Res<()> {
     let state = std::env::temp_dir().join(&run);
     let mqtt_prefix = format!("{run}/");
     let mut services = Services(Vec::new());
-    for name in ["db-loader", "processing", "collection"] {
+    let in_process = std::env::var("LATENCY_BROKER").is_ok_and(|b| b == "memory");
+    let (names, broker_url): (&[&str], String) = if in_process {
+        (&["sensor-demo"], "memory://".into())
+    } else {
+        (&["db-loader", "processing", "collection"], format!("kafka://{broker}"))
+    };
+    for name in names {
         let path = bin_dir.join(name);
         if !path.exists() {
             return Err(format!("{} missing: cargo build --release -p strom-services", path.display()).into());
         }
         let child = Command::new(path)
-            .env("STROM_BROKER", format!("kafka://{broker}"))
+            .env("STROM_BROKER", &broker_url)
             .env("STROM_TOPIC_PREFIX", format!("{run}-"))
             .env("STROM_WEB_PORT", "0")
             .env("STROM_STATE_DIR", state.join(name))
@@ -71,6 +81,7 @@ fn main() -> Res<()> {
             .env("MQTT_URL", "mqtt://127.0.0.1:1883")
             .env("MQTT_TOPIC_PREFIX", &mqtt_prefix)
             .env("MQTT_CLIENT_ID", format!("{run}-collection"))
+            .env("SIMULATOR_SENSORS", "0")
             .env("RUST_LOG", "warn")
             .env("STROM_KAFKA_FETCH_WAIT_MAX_MS", &fetch_wait)
             .stdout(Stdio::null())
@@ -142,7 +153,7 @@ fn main() -> Res<()> {
         let (p50, p99, max) = quantiles("extract(epoch FROM loaded_at) * 1000").await?;
         let (mqtt50, mqtt99, mqtt_max) = quantiles("received_ms").await?;
         println!(
-            "published {sent} readings in {publish_s:.1} s ({:.0}/s), fetch.wait.max.ms={fetch_wait}, {loaded} loaded; MQTT publish to Postgres row: \
+            "published {sent} readings in {publish_s:.1} s ({:.0}/s) on {broker_url} (fetch.wait.max.ms={fetch_wait}), {loaded} loaded; MQTT publish to Postgres row: \
              p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (of which MQTT publish to collection: \
              p50 {mqtt50:.1} ms, p99 {mqtt99:.1} ms, max {mqtt_max:.1} ms)",
             sent as f64 / publish_s
