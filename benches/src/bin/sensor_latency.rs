@@ -94,10 +94,19 @@ fn main() -> Res<()> {
         let options = client_options("mqtt://127.0.0.1:1883", &format!("{run}-publisher"))?;
         let (client, mut events) = AsyncClient::new(options, 10_000);
         tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        // A row is a (sensor, millisecond): two readings of one sensor in one
+        // millisecond (ticks that fell behind come in a burst) would be one
+        // row, so a sensor's next reading is stamped at least a millisecond later.
+        let last_ms = std::cell::RefCell::new(vec![0_i64; SENSORS as usize + 1]);
         let publish = async |sensor: u32| {
             let topic = format!("{mqtt_prefix}sensors/{sensor}/temperature");
-            let payload =
-                format!(r#"{{"sensor": {sensor}, "temperature": 21.5, "unit": "C", "timestamp": {}}}"#, now_ms());
+            let ts = {
+                let mut last = last_ms.borrow_mut();
+                let ts = now_ms().max(last[sensor as usize] + 1);
+                last[sensor as usize] = ts;
+                ts
+            };
+            let payload = format!(r#"{{"sensor": {sensor}, "temperature": 21.5, "unit": "C", "timestamp": {ts}}}"#);
             client.publish(topic, QoS::AtLeastOnce, false, payload).await
         };
         // Warm up until a reading makes it through (topics created, groups joined).
