@@ -16,7 +16,6 @@ use std::path::PathBuf;
 
 use futures::future::select_all;
 use stream_core::connect::mqtt::MqttSource;
-use stream_core::metrics::prometheus_client::metrics::counter::Counter;
 use stream_core::{App, BoxError, Error, TableStore, Worker};
 
 use crate::api::{self, Source};
@@ -85,16 +84,10 @@ impl Demo {
                     let client_id = env_or("MQTT_CLIENT_ID", "collection");
                     collection::collect(&app, MqttSource::new(&app, &mqtt_url, &client_id)?);
                 }
-                _ => {
-                    let config = simulator::Config { mqtt_url: mqtt_url.clone(), ..simulator::Config::from_env()? };
-                    let published = Counter::default();
-                    app.metrics().register(
-                        "simulator_readings_published",
-                        "Readings published to MQTT",
-                        published.clone(),
-                    );
-                    app.task("publish", move |shutdown| simulator::run(config.clone(), published.clone(), shutdown));
-                }
+                _ => simulator::serve(
+                    &app,
+                    simulator::Config { mqtt_url: mqtt_url.clone(), ..simulator::Config::from_env()? },
+                ),
             }
             workers.push((id, app.start().await?));
         }
@@ -155,7 +148,7 @@ impl Demo {
 /// the broker is (their changelogs would not outlive the process).
 fn build(id: &str, port: u16, broker: &str) -> stream_core::Result<App> {
     let port = if env_parse::<u16>("STROM_WEB_PORT", port)? == 0 { 0 } else { port };
-    let mut builder = App::builder(id).broker(broker);
+    let mut builder = App::builder(id);
     if broker.starts_with("memory://") {
         builder = builder.table_store(TableStore::Memory);
     }

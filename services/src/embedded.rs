@@ -60,7 +60,12 @@ impl Embedded {
 
     /// `sensor`'s newest row of `table`, if any.
     pub fn latest(&self, table: &str, sensor: u32) -> Result<Option<Point>, sled::Error> {
-        Ok(self.range(table, sensor, i64::MIN, i64::MAX)?.into_iter().next())
+        let tree = self.db.open_tree(table)?;
+        Ok(tree
+            .range(key(sensor, i64::MIN)..=key(sensor, i64::MAX))
+            .next_back()
+            .transpose()?
+            .map(|(k, v)| point(&k, &v)))
     }
 }
 

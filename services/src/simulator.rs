@@ -114,6 +114,14 @@ impl Sensor {
     }
 }
 
+/// Declares on `app` the task `publish` that runs the simulator with
+/// `config`, and its counter `strom_simulator_readings_published_total`.
+pub fn serve(app: &stream_core::App, config: Config) {
+    let published = Counter::default();
+    app.metrics().register("simulator_readings_published", "Readings published to MQTT", published.clone());
+    app.task("publish", move |shutdown| run(config.clone(), published.clone(), shutdown));
+}
+
 /// Publishes readings of `config.sensors` sensors at `config.rate` with QoS
 /// 1 until `shutdown` (or the limit), counting them in `published`.
 pub async fn run(config: Config, published: Counter, mut shutdown: Shutdown) -> Result<(), BoxError> {

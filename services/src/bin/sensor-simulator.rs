@@ -8,15 +8,11 @@
 //! defaults to `memory://`.
 
 use stream_core::App;
-use stream_core::metrics::prometheus_client::metrics::counter::Counter;
 use strom_services::simulator::{self, Config};
 
 #[tokio::main]
 async fn main() -> Result<(), stream_core::Error> {
     let app = App::builder("sensor-simulator").broker("memory://").web_port(7001).env()?.build()?;
-    let config = Config::from_env()?;
-    let published = Counter::default();
-    app.metrics().register("simulator_readings_published", "Readings published to MQTT", published.clone());
-    app.task("publish", move |shutdown| simulator::run(config.clone(), published.clone(), shutdown));
+    simulator::serve(&app, Config::from_env()?);
     app.main().await
 }
