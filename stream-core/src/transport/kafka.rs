@@ -52,8 +52,8 @@ pub struct KafkaTransport {
     revoke_timeout: Duration,
     producer: Arc<KafkaProducer>,
     admin: AdminClient<DefaultClientContext>,
-    /// A group-less consumer for [`Transport::read`] and metadata.
-    reader: Arc<Mutex<BaseConsumer<ReaderCtx>>>,
+    /// Group-less consumers for [`Transport::read`] and metadata.
+    readers: Arc<Readers>,
 }
 
 impl KafkaTransport {
@@ -75,19 +75,22 @@ impl KafkaTransport {
         .map_err(|e| Error::Config(format!("Kafka producer: {e}")))?;
         let admin: AdminClient<DefaultClientContext> =
             base(&[]).create().map_err(|e| Error::Config(format!("Kafka admin client: {e}")))?;
-        let reader: BaseConsumer<ReaderCtx> =
-            // Reads stop at a partition's end: the broker need not hold an empty fetch.
+        // Reads stop at a partition's end: the broker need not hold an empty fetch.
+        let reader_config =
             base(&[("enable.partition.eof", "true"), ("enable.auto.commit", "false"), ("fetch.wait.max.ms", "10")])
                 .set("group.id", format!("{}-reader", config.id))
-                .create_with_context(ReaderCtx)
-                .map_err(|e| Error::Config(format!("Kafka consumer: {e}")))?;
+                .clone();
+        let readers = Arc::new(Readers { config: reader_config, idle: Mutex::default() });
+        // Fail on a bad property now, not at the first read.
+        let first = readers.take(None)?;
+        readers.give_back(first, None);
         Ok(KafkaTransport {
             servers: servers.to_owned(),
             properties,
             revoke_timeout: config.shutdown_timeout,
             producer: Arc::new(KafkaProducer { producer }),
             admin,
-            reader: Arc::new(Mutex::new(reader)),
+            readers,
         })
     }
 
@@ -105,23 +108,144 @@ impl KafkaTransport {
 
     /// Partition counts of the topics that exist, by name.
     async fn partition_counts(&self, names: Vec<String>) -> Result<HashMap<String, i32>> {
-        let reader = self.reader.clone();
+        let readers = self.readers.clone();
         blocking(move || {
-            let reader = lock(&reader);
+            let reader = readers.take(None)?;
             let mut out = HashMap::new();
+            let mut failed = None;
             for name in names {
-                let md = reader
-                    .fetch_metadata(Some(&name), REQUEST_TIMEOUT)
-                    .map_err(|e| kafka_err(format!("metadata of topic {name}"), e))?;
-                for t in md.topics() {
-                    if t.error().is_none() && !t.partitions().is_empty() {
-                        out.insert(t.name().to_owned(), t.partitions().len() as i32);
+                match reader.consumer.fetch_metadata(Some(&name), REQUEST_TIMEOUT) {
+                    Ok(md) => {
+                        for t in md.topics() {
+                            if t.error().is_none() && !t.partitions().is_empty() {
+                                out.insert(t.name().to_owned(), t.partitions().len() as i32);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(kafka_err(format!("metadata of topic {name}"), e));
+                        break;
                     }
                 }
             }
-            Ok(out)
+            readers.give_back(reader, None);
+            failed.map_or(Ok(out), Err)
         })
         .await
+    }
+}
+
+/// Consumers outside any group that read partitions by offset (table
+/// recovery, standbys, the test driver) and fetch metadata. A read that stops
+/// before the partition's end leaves its consumer assigned where it stopped,
+/// so librdkafka goes on fetching what the next read of that partition will
+/// ask for; one that reaches the end lets the partition go. Reads of several
+/// partitions run side by side, each on its own consumer.
+struct Readers {
+    config: ClientConfig,
+    idle: Mutex<Vec<Reader>>,
+}
+
+struct Reader {
+    consumer: BaseConsumer<ReaderCtx>,
+    /// The partition it is still assigned and the offset it will return next.
+    at: Option<(TopicPartition, i64)>,
+    since: Instant,
+}
+
+/// Idle readers kept for the next reads.
+const IDLE_READERS: usize = 8;
+/// How long an idle reader may stay assigned (fetching ahead) before it lets go.
+const READ_AHEAD_FOR: Duration = Duration::from_secs(5);
+
+impl Readers {
+    /// A reader: the one already positioned at `at` if there is one, else an
+    /// idle one or a new one.
+    fn take(&self, at: Option<(&TopicPartition, i64)>) -> Result<Reader> {
+        let found = {
+            let mut idle = lock(&self.idle);
+            for r in idle.iter_mut() {
+                if r.at.is_some() && r.since.elapsed() > READ_AHEAD_FOR {
+                    let _ = r.consumer.unassign();
+                    r.at = None;
+                }
+            }
+            let positioned = at.and_then(|(tp, from)| {
+                idle.iter().position(|r| r.at.as_ref().is_some_and(|(t, o)| t == tp && *o == from))
+            });
+            // A reader positioned for another read is left to it.
+            positioned.or_else(|| idle.iter().position(|r| r.at.is_none())).map(|i| idle.swap_remove(i))
+        };
+        match found {
+            Some(r) => Ok(r),
+            None => {
+                let consumer = self
+                    .config
+                    .create_with_context(ReaderCtx)
+                    .map_err(|e| Error::Config(format!("Kafka consumer: {e}")))?;
+                Ok(Reader { consumer, at: None, since: Instant::now() })
+            }
+        }
+    }
+
+    /// Returns a reader to the pool, still assigned to `at` if given.
+    fn give_back(&self, mut reader: Reader, at: Option<(TopicPartition, i64)>) {
+        if at.is_none() && reader.at.is_some() {
+            let _ = reader.consumer.unassign();
+        }
+        reader.at = at;
+        reader.since = Instant::now();
+        let mut idle = lock(&self.idle);
+        if idle.len() < IDLE_READERS {
+            idle.push(reader);
+        }
+    }
+
+    /// Up to `max` messages of `tp` from `from`, fewer at the partition's end.
+    fn read(&self, tp: &TopicPartition, from: i64, max: usize) -> Result<ReadBatch> {
+        let mut reader = self.take(Some((tp, from)))?;
+        if reader.at.as_ref().is_none_or(|(t, o)| t != tp || *o != from) {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(from))
+                .map_err(|e| kafka_err("reading", e))?;
+            reader.consumer.assign(&tpl).map_err(|e| kafka_err(format!("assigning {tp}"), e))?;
+            reader.at = Some((tp.clone(), from));
+        }
+        let consumer = &reader.consumer;
+        let mut batch = ReadBatch { messages: Vec::with_capacity(max.min(BATCH)), next: from };
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut topics = HashMap::new();
+        let mut at_end = false;
+        while batch.messages.len() < max {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    batch.next = m.offset() + 1;
+                    batch.messages.push(raw_message(&m, &mut topics));
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    // The end: past control records too.
+                    if let Ok(pos) = consumer.position()
+                        && let Some(Offset::Offset(o)) = pos.find_partition(&tp.topic, tp.partition).map(|e| e.offset())
+                    {
+                        batch.next = batch.next.max(o);
+                    }
+                    at_end = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    self.give_back(reader, None);
+                    return Err(kafka_err(format!("reading {tp}"), e));
+                }
+                None if Instant::now() >= deadline => {
+                    self.give_back(reader, None);
+                    return Err(kafka_err(format!("reading {tp}"), format!("no answer within {REQUEST_TIMEOUT:?}")));
+                }
+                None => {}
+            }
+        }
+        let next = batch.next;
+        self.give_back(reader, (!at_end).then(|| (tp.clone(), next)));
+        Ok(batch)
     }
 }
 
@@ -275,47 +399,9 @@ impl Transport for KafkaTransport {
     }
 
     async fn read(&self, tp: &TopicPartition, from: i64, max: usize) -> Result<ReadBatch> {
-        let reader = self.reader.clone();
+        let readers = self.readers.clone();
         let tp = tp.clone();
-        blocking(move || {
-            let reader = lock(&reader);
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(from))
-                .map_err(|e| kafka_err("reading", e))?;
-            reader.assign(&tpl).map_err(|e| kafka_err(format!("assigning {tp}"), e))?;
-            let mut batch = ReadBatch { messages: Vec::new(), next: from };
-            let deadline = Instant::now() + REQUEST_TIMEOUT;
-            let mut topics = HashMap::new();
-            while batch.messages.len() < max {
-                match reader.poll(Duration::from_millis(100)) {
-                    Some(Ok(m)) => {
-                        batch.next = m.offset() + 1;
-                        batch.messages.push(raw_message(&m, &mut topics));
-                    }
-                    Some(Err(KafkaError::PartitionEOF(_))) => {
-                        // The end: past control records too.
-                        if let Ok(pos) = reader.position()
-                            && let Some(Offset::Offset(o)) =
-                                pos.find_partition(&tp.topic, tp.partition).map(|e| e.offset())
-                        {
-                            batch.next = batch.next.max(o);
-                        }
-                        break;
-                    }
-                    Some(Err(e)) => return Err(kafka_err(format!("reading {tp}"), e)),
-                    None if Instant::now() >= deadline => {
-                        return Err(kafka_err(
-                            format!("reading {tp}"),
-                            format!("no answer within {REQUEST_TIMEOUT:?}"),
-                        ));
-                    }
-                    None => {}
-                }
-            }
-            let _ = reader.unassign();
-            Ok(batch)
-        })
-        .await
+        blocking(move || readers.read(&tp, from, max)).await
     }
 }
 
@@ -416,7 +502,9 @@ struct ReaderCtx;
 
 impl ClientContext for ReaderCtx {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        // librdkafka reports an end reached outside a poll as a global error.
+        let eof = matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
+        if !eof {
             tracing::error!(%error, reason, "librdkafka error (reader)");
         }
     }

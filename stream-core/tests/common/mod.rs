@@ -7,6 +7,7 @@ use stream_core::App;
 use stream_core::testing::TestDriver;
 
 /// How long a test waits for something before failing.
+#[allow(dead_code)]
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// The transport a test runs on.
