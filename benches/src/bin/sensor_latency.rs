@@ -17,10 +17,11 @@
 //! (`sensor-demo` on `memory://`, with the same Mosquitto and PostgreSQL):
 //! the pipeline without the broker's share of the latency.
 //!
-//! The services' consumers fetch with `fetch.wait.max.ms` 10 unless
+//! The services' consumers fetch with `fetch.wait.max.ms` 2 unless
 //! `STROM_KAFKA_FETCH_WAIT_MAX_MS` says otherwise: Tansu holds every fetch
 //! for up to that long (half of it from 250 ms on), even with data waiting,
-//! where Apache Kafka answers as soon as there is data.
+//! where Apache Kafka answers as soon as there is data. Their producers use
+//! the services' `linger.ms` of 1 unless `STROM_KAFKA_LINGER_MS` says otherwise.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -54,7 +55,8 @@ fn main() -> Res<()> {
     let rate: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1_000);
     let seconds: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20);
     let broker = std::env::var("STROM_BENCH_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into());
-    let fetch_wait = std::env::var("STROM_KAFKA_FETCH_WAIT_MAX_MS").unwrap_or_else(|_| "10".into());
+    let fetch_wait = std::env::var("STROM_KAFKA_FETCH_WAIT_MAX_MS").unwrap_or_else(|_| "2".into());
+    let linger = std::env::var("STROM_KAFKA_LINGER_MS").unwrap_or_else(|_| "1 (the services' default)".into());
     let run = format!("latency-{}-{}", std::process::id(), now_ms());
     let db = TestDatabase::named("latency");
     let bin_dir = std::env::current_exe()?.parent().ok_or("no exe dir")?.to_path_buf();
@@ -162,7 +164,7 @@ fn main() -> Res<()> {
         let (p50, p99, max) = quantiles("extract(epoch FROM loaded_at) * 1000").await?;
         let (mqtt50, mqtt99, mqtt_max) = quantiles("received_ms").await?;
         println!(
-            "published {sent} readings in {publish_s:.1} s ({:.0}/s) on {broker_url} (fetch.wait.max.ms={fetch_wait}), {loaded} loaded; MQTT publish to Postgres row: \
+            "published {sent} readings in {publish_s:.1} s ({:.0}/s) on {broker_url} (fetch.wait.max.ms={fetch_wait}, linger.ms={linger}), {loaded} loaded; MQTT publish to Postgres row: \
              p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms (of which MQTT publish to collection: \
              p50 {mqtt50:.1} ms, p99 {mqtt99:.1} ms, max {mqtt_max:.1} ms)",
             sent as f64 / publish_s
