@@ -76,10 +76,16 @@ impl KafkaTransport {
         let admin: AdminClient<DefaultClientContext> =
             base(&[]).create().map_err(|e| Error::Config(format!("Kafka admin client: {e}")))?;
         // Reads stop at a partition's end: the broker need not hold an empty fetch.
-        let reader_config =
-            base(&[("enable.partition.eof", "true"), ("enable.auto.commit", "false"), ("fetch.wait.max.ms", "10")])
-                .set("group.id", format!("{}-reader", config.id))
-                .clone();
+        let reader_config = base(&[
+            ("enable.partition.eof", "true"),
+            ("enable.auto.commit", "false"),
+            ("fetch.wait.max.ms", "10"),
+            // What a reader may fetch ahead (librdkafka's default is 64 MiB;
+            // a recovery reads 50,000 records at a time).
+            ("queued.max.messages.kbytes", "16384"),
+        ])
+        .set("group.id", format!("{}-reader", config.id))
+        .clone();
         let readers = Arc::new(Readers { config: reader_config, idle: Mutex::default() });
         // Fail on a bad property now, not at the first read.
         let first = readers.take(None)?;
