@@ -224,6 +224,10 @@ impl Readers {
         let mut at_end = false;
         while batch.messages.len() < max {
             match consumer.poll(Duration::from_millis(100)) {
+                // librdkafka drops what was fetched for an earlier assignment;
+                // this only makes sure of it.
+                Some(Ok(m)) if m.partition() != tp.partition || m.topic() != &*tp.topic => {}
+                Some(Err(KafkaError::PartitionEOF(p))) if p != tp.partition => {}
                 Some(Ok(m)) => {
                     batch.next = m.offset() + 1;
                     batch.messages.push(raw_message(&m, &mut topics));
