@@ -7,6 +7,7 @@
 //! after the server went away. [`PgSink`] writes rows into one table: each call
 //! to [`PgSink::insert`] is one multi-row `INSERT` (one transaction when a batch
 //! needs several statements) that resolves only once the rows are committed.
+//! Each connection prepares an `INSERT` once per number of rows and keeps it.
 //!
 //! **While the database is down** (refused or lost connections, a server
 //! starting up or shutting down, too many connections, serialization failures
@@ -95,7 +96,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, Statement};
 
 /// The Postgres client library, for its types (`tokio_postgres::types`).
 pub use tokio_postgres;
@@ -160,7 +161,7 @@ impl PgError {
 #[derive(Clone)]
 pub struct Postgres {
     settings: Arc<Settings>,
-    pool: Arc<Mutex<Vec<Client>>>,
+    pool: Arc<Mutex<Vec<Conn>>>,
     metrics: PgMetrics,
 }
 
@@ -184,6 +185,31 @@ impl std::fmt::Debug for Postgres {
 
 /// How many idle connections the pool keeps.
 const MAX_IDLE: usize = 8;
+/// How many prepared statements a connection keeps (a sink's `INSERT` has one
+/// text per number of rows in a batch); the cache starts afresh when full.
+const MAX_STATEMENTS: usize = 64;
+
+/// A pooled connection and the statements prepared on it, by text: an
+/// `INSERT` is parsed and planned once per connection, not at every batch
+/// (which also saves a round trip per batch).
+struct Conn {
+    client: Client,
+    statements: std::collections::HashMap<String, Statement>,
+}
+
+impl Conn {
+    async fn prepared(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        if self.statements.len() >= MAX_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
 
 impl Postgres {
     /// A handle on the database at `url` (`postgres://user[:password]@host[:port]/dbname?...`
@@ -270,10 +296,14 @@ impl Postgres {
             attempt += 1;
             let started = Instant::now();
             let outcome = match self.checkout().await {
-                Ok(mut client) => {
-                    let outcome = job.run(&mut client).await;
+                Ok(mut conn) => {
+                    let outcome = job.run(&mut conn).await;
+                    if outcome.is_err() {
+                        // A statement may have gone stale (the table changed).
+                        conn.statements.clear();
+                    }
                     if outcome.as_ref().map_or_else(|e| !retryable(e), |_| true) {
-                        self.checkin(client);
+                        self.checkin(conn);
                     }
                     outcome
                 }
@@ -319,29 +349,30 @@ impl Postgres {
     }
 
     /// An idle connection of the pool, or a new one.
-    async fn checkout(&self) -> Result<Client, tokio_postgres::Error> {
+    async fn checkout(&self) -> Result<Conn, tokio_postgres::Error> {
         loop {
             let idle = lock(&self.pool).pop();
             match idle {
-                Some(client) if client.is_closed() => continue,
-                Some(client) => return Ok(client),
+                Some(conn) if conn.client.is_closed() => continue,
+                Some(conn) => return Ok(conn),
                 None => break,
             }
         }
-        match self.connect(&self.settings.config).await {
+        let client = match self.connect(&self.settings.config).await {
             Err(e) if self.settings.create_database && e.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
                 self.create_database().await?;
                 self.connect(&self.settings.config).await
             }
             other => other,
-        }
+        }?;
+        Ok(Conn { client, statements: Default::default() })
     }
 
     /// Returns a healthy connection to the pool.
-    fn checkin(&self, client: Client) {
+    fn checkin(&self, conn: Conn) {
         let mut pool = lock(&self.pool);
-        if !client.is_closed() && pool.len() < MAX_IDLE {
-            pool.push(client);
+        if !conn.client.is_closed() && pool.len() < MAX_IDLE {
+            pool.push(conn);
         }
     }
 
@@ -572,17 +603,21 @@ enum Job<'a> {
 }
 
 impl Job<'_> {
-    async fn run(&self, client: &mut Client) -> Result<u64, tokio_postgres::Error> {
+    async fn run(&self, conn: &mut Conn) -> Result<u64, tokio_postgres::Error> {
         match self {
-            Job::Schema(sql) => client.batch_execute(sql).await.map(|()| 0),
+            Job::Schema(sql) => conn.client.batch_execute(sql).await.map(|()| 0),
             Job::Insert(statements) => {
-                if let [(sql, params)] = statements.as_slice() {
-                    return client.execute(sql.as_str(), params).await;
+                let mut prepared = Vec::with_capacity(statements.len());
+                for (sql, _) in statements {
+                    prepared.push(conn.prepared(sql).await?);
                 }
-                let tx = client.transaction().await?;
+                if let ([statement], [(_, params)]) = (prepared.as_slice(), statements.as_slice()) {
+                    return conn.client.execute(statement, params).await;
+                }
+                let tx = conn.client.transaction().await?;
                 let mut written = 0;
-                for (sql, params) in statements {
-                    written += tx.execute(sql.as_str(), params).await?;
+                for (statement, (_, params)) in prepared.iter().zip(statements) {
+                    written += tx.execute(statement, params).await?;
                 }
                 tx.commit().await?;
                 Ok(written)
@@ -690,6 +725,45 @@ impl Default for PgMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The statements the server holds prepared for the pool's one connection.
+    async fn prepared(db: &Postgres) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let conn = db.checkout().await?;
+        assert!(lock(&db.pool).is_empty(), "one connection");
+        // A simple query, which prepares nothing itself.
+        let messages = conn.client.simple_query("SELECT name FROM pg_prepared_statements ORDER BY name").await?;
+        db.checkin(conn);
+        Ok(messages
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect())
+    }
+
+    #[tokio::test]
+    async fn an_insert_is_prepared_once_per_connection_and_number_of_rows() -> Result<(), Box<dyn std::error::Error>> {
+        let test_db = crate::testing::TestDatabase::create("prepared").await?;
+        let db = Postgres::connect_lazy(&test_db.url())?;
+        db.ensure_schema("CREATE TABLE t (k integer PRIMARY KEY, v text NOT NULL)").await?;
+        let sink = PgSink::new(&db, "t", &["k", "v"]).on_conflict_do_nothing();
+        sink.insert([(1, "a"), (2, "b")]).await?;
+        let first = prepared(&db).await?;
+        assert_eq!(first.len(), 1, "{first:?}");
+        sink.insert([(3, "c"), (4, "d")]).await?;
+        assert_eq!(prepared(&db).await?, first, "the same statement again, not prepared anew");
+        sink.insert([(5, "e")]).await?;
+        assert_eq!(prepared(&db).await?.len(), 2, "another number of rows, another statement");
+        // The table changes under the prepared statements: inserts go on.
+        db.ensure_schema("ALTER TABLE t ADD COLUMN note text").await?;
+        assert_eq!(sink.insert([(6, "f"), (7, "g")]).await?, 2);
+        assert_eq!(sink.insert([(7, "g"), (8, "h")]).await?, 1, "a replayed row is skipped");
+        let client = test_db.connect().await?;
+        let n: i64 = client.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+        assert_eq!(n, 8);
+        Ok(())
+    }
 
     #[test]
     fn statements_number_parameters_row_by_row() {
