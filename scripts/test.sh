@@ -28,6 +28,8 @@ if [ "$had_broker" = no ] && [ -f target/test-env/tansu.pid ]; then
     trap 'scripts/test-env.sh down' EXIT
 fi
 export STROM_TEST_KAFKA=127.0.0.1:9092
+# The services and examples the tests start listen on this machine only.
+export STROM_WEB_HOST=127.0.0.1
 
 step "cargo test (workspace, all features)"
 # All features, so that tests behind one (connect_postgres needs `postgres`) run too.

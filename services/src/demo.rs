@@ -145,10 +145,12 @@ impl Demo {
 /// The app of service `id`, as its own binary would build it, except that
 /// its HTTP port is its own even when `STROM_WEB_PORT` is set (0 excepted:
 /// then every service picks a free port), and its tables are in memory when
-/// the broker is (their changelogs would not outlive the process).
+/// the broker is (their changelogs would not outlive the process). Its
+/// endpoints listen on 127.0.0.1 unless `STROM_WEB_HOST` says otherwise: a
+/// demo on a laptop is not a service on a network.
 fn build(id: &str, port: u16, broker: &str) -> stream_core::Result<App> {
     let port = if env_parse::<u16>("STROM_WEB_PORT", port)? == 0 { 0 } else { port };
-    let mut builder = App::builder(id);
+    let mut builder = App::builder(id).web_host(Ipv4Addr::LOCALHOST);
     if broker.starts_with("memory://") {
         builder = builder.table_store(TableStore::Memory);
     }

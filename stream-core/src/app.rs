@@ -32,6 +32,9 @@ pub struct AppConfig {
     /// The HTTP port of `/metrics`, `/health` and `/ready` (`0` picks a free
     /// one, `None` serves nothing).
     pub web_port: Option<u16>,
+    /// The address the HTTP endpoints listen on: all interfaces by default
+    /// (as a container needs), `127.0.0.1` to keep them on this machine.
+    pub web_host: std::net::IpAddr,
     /// A prefix for every topic name and for the consumer group, so that
     /// several deployments (or test runs) can share one cluster.
     pub topic_prefix: String,
@@ -70,6 +73,7 @@ impl AppConfig {
             id,
             broker: "kafka://127.0.0.1:9092".into(),
             web_port: Some(6066),
+            web_host: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
             topic_prefix: String::new(),
             commit_interval: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
@@ -81,7 +85,8 @@ impl AppConfig {
     }
 
     /// Applies the environment: `STROM_BROKER`, `STROM_STATE_DIR`,
-    /// `STROM_WEB_PORT` (a number, or `off`), `STROM_TOPIC_PREFIX`,
+    /// `STROM_WEB_PORT` (a number, or `off`), `STROM_WEB_HOST` (an IP
+    /// address), `STROM_TOPIC_PREFIX`,
     /// `STROM_COMMIT_INTERVAL_MS`, `STROM_SHUTDOWN_TIMEOUT_MS`,
     /// `STROM_REPLICATION`, `STROM_TABLE_STORE` (`sled` or `memory`) and every
     /// `STROM_KAFKA_<PROPERTY>`.
@@ -100,6 +105,11 @@ impl AppConfig {
                 "STROM_STATE_DIR" => self.state_dir = PathBuf::from(value),
                 "STROM_WEB_PORT" if value.trim() == "off" => self.web_port = None,
                 "STROM_WEB_PORT" => self.web_port = Some(parse(&name, &value)?),
+                "STROM_WEB_HOST" => {
+                    self.web_host = value.trim().parse().map_err(|_| {
+                        Error::Config(format!("{name}={value:?} is not an IP address (0.0.0.0, 127.0.0.1, ::)"))
+                    })?;
+                }
                 "STROM_TOPIC_PREFIX" => self.topic_prefix = value,
                 "STROM_COMMIT_INTERVAL_MS" => self.commit_interval = Duration::from_millis(parse(&name, &value)?),
                 "STROM_SHUTDOWN_TIMEOUT_MS" => self.shutdown_timeout = Duration::from_millis(parse(&name, &value)?),
@@ -176,6 +186,12 @@ impl AppBuilder {
     /// Sets the HTTP port (`0` picks a free one).
     pub fn web_port(mut self, port: u16) -> Self {
         self.config.web_port = Some(port);
+        self
+    }
+
+    /// Sets the address the HTTP endpoints listen on (default: all interfaces).
+    pub fn web_host(mut self, host: impl Into<std::net::IpAddr>) -> Self {
+        self.config.web_host = host.into();
         self
     }
 
@@ -558,6 +574,7 @@ mod tests {
             [
                 ("STROM_BROKER", "memory://x"),
                 ("STROM_WEB_PORT", "0"),
+                ("STROM_WEB_HOST", "127.0.0.1"),
                 ("STROM_COMMIT_INTERVAL_MS", "250"),
                 ("STROM_KAFKA_SESSION_TIMEOUT_MS", "6000"),
                 ("STROM_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
@@ -570,6 +587,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.broker, "memory://x");
         assert_eq!(c.web_port, Some(0));
+        assert_eq!(c.web_host, std::net::IpAddr::from([127, 0, 0, 1]));
         assert_eq!(c.commit_interval, Duration::from_millis(250));
         assert_eq!(c.kafka.get("session.timeout.ms").map(String::as_str), Some("6000"));
         assert_eq!(c.kafka.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
@@ -582,6 +600,8 @@ mod tests {
         let mut c = AppConfig::new("svc");
         let e = c.apply_vars(std::iter::once(("STROM_WEB_PORT".to_owned(), "http".to_owned()))).unwrap_err();
         assert_eq!(e.to_string(), "configuration: STROM_WEB_PORT=\"http\" is not a valid number");
+        let e = c.apply_vars(std::iter::once(("STROM_WEB_HOST".to_owned(), "localhost".to_owned()))).unwrap_err();
+        assert!(e.to_string().contains("STROM_WEB_HOST=\"localhost\" is not an IP address"), "{e}");
         let e = App::builder("bad id!").broker("memory://").build().unwrap_err();
         assert!(e.to_string().contains("app id"), "{e}");
         let e = App::builder("x").broker("nats://1").build().unwrap_err();

@@ -91,6 +91,8 @@ impl TestDriver {
             .broker(broker)
             .commit_interval(Duration::from_millis(50))
             .without_web()
+            // A test that serves HTTP serves it on this machine only.
+            .web_host([127, 0, 0, 1])
             .state_dir(std::env::temp_dir().join(format!("strom-test-{id}-{unique}")));
         if !broker.starts_with("memory://") {
             // Tests await sends one by one: hold neither sends nor fetches for batching.

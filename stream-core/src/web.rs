@@ -28,8 +28,9 @@ struct Web {
     status: Arc<dyn Status>,
 }
 
-/// Binds `port` on every interface (0 picks a free one) and serves until `stop`.
+/// Binds `port` on `host` (0 picks a free port) and serves until `stop`.
 pub(crate) async fn serve(
+    host: std::net::IpAddr,
     port: u16,
     metrics: Metrics,
     status: Arc<dyn Status>,
@@ -44,7 +45,7 @@ pub(crate) async fn serve(
     for extra in routes {
         app = app.merge(extra);
     }
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+    let listener = tokio::net::TcpListener::bind((host, port))
         .await
         .map_err(|source| Error::Io { context: format!("binding the HTTP port {port}"), source })?;
     let addr =

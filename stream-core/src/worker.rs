@@ -345,8 +345,15 @@ impl Worker {
             #[cfg(feature = "web")]
             Some(port) => {
                 let routes = lock(&app.routes).clone();
-                let (addr, task) =
-                    crate::web::serve(port, core.metrics.clone(), shared.clone(), routes, stop_rx.clone()).await?;
+                let (addr, task) = crate::web::serve(
+                    core.config.web_host,
+                    port,
+                    core.metrics.clone(),
+                    shared.clone(),
+                    routes,
+                    stop_rx.clone(),
+                )
+                .await?;
                 tracing::info!("metrics at http://{addr}/metrics");
                 background.spawn(async move {
                     let _ = task.await;

@@ -89,7 +89,7 @@ async fn a_stuck_agent_pauses_its_partitions_and_the_others_go_on(env: Env) {
 
 async fn the_http_endpoint_serves_health_readiness_and_metrics(env: Env) {
     let first = env.app("observed");
-    let app = Env::same_as(&first).web_port(0).build().unwrap();
+    let app = Env::same_as(&first).web_port(0).web_host([127, 0, 0, 1]).build().unwrap();
     let input = app.topic::<(), u32>("in").partitions(2);
     let output = app.topic::<(), u32>("out");
     let out = output.clone();
@@ -109,7 +109,9 @@ async fn the_http_endpoint_serves_health_readiness_and_metrics(env: Env) {
     // A service's own route, on the same port.
     app.routes(axum::Router::new().route("/hello", axum::routing::get(|| async { "hello\n" })));
     let driver = TestDriver::start(&app).await.unwrap();
-    let port = driver.worker().unwrap().web_addr().unwrap().port();
+    let addr = driver.worker().unwrap().web_addr().unwrap();
+    assert!(addr.ip().is_loopback(), "{addr}: STROM_WEB_HOST's address");
+    let port = addr.port();
     assert_eq!(get(port, "/hello"), (200, "hello\n".into()));
     assert_eq!(get(port, "/health"), (200, "ok\n".into()));
     assert_eq!(get(port, "/ready"), (200, "ready\n".into()));
