@@ -89,7 +89,7 @@ async fn processing_converts_good_readings_and_dead_letters_bad_ones_at_once() {
                     .find(|l| l.key.as_deref() == Some(topic.as_bytes()))
                     .unwrap_or_else(|| panic!("no dead letter for {topic}"));
                 assert!(letter.error.contains(reason), "{payload}: {:?} does not say {reason:?}", letter.error);
-                assert_eq!((letter.agent.as_str(), letter.kind.as_str()), ("normalize", "handler"));
+                assert_eq!((letter.agent.as_str(), letter.kind.as_str()), ("normalize", "rejected"));
             }
         }
     }

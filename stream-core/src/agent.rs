@@ -9,7 +9,8 @@
 //! (held, or dropped since it last asked for the next one) are the failed ones.
 //! The supervisor restarts the handler and hands them over again, with backoff,
 //! up to the policy's retries; then they go to the dead-letter topic (or the
-//! agent stops, and with it the worker, without committing past them).
+//! agent stops, and with it the worker, without committing past them). A
+//! [`Rejected`](crate::Rejected) error skips the retries.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -377,7 +378,9 @@ pub(crate) async fn supervise(agent: Arc<AgentRuntime>, index: usize) -> Result<
         let id = (first.raw.topic.clone(), first.raw.partition, first.raw.offset);
         attempt = if last_failed.as_ref() == Some(&id) { attempt + 1 } else { 1 };
         last_failed = Some(id);
-        if attempt <= agent.policy.retries {
+        // Refused input would be refused again: no retries.
+        let rejected = crate::Rejected::is(&*error);
+        if !rejected && attempt <= agent.policy.retries {
             let delay = agent.policy.delay(attempt);
             tracing::warn!(agent = %agent.name, instance = index, %error, events = failed.len(), attempt,
                 retry_in_ms = delay.as_millis() as u64, "handler failed; retrying its events");
@@ -389,8 +392,9 @@ pub(crate) async fn supervise(agent: Arc<AgentRuntime>, index: usize) -> Result<
         match agent.policy.then {
             OnExhausted::DeadLetter => {
                 let reason = error.to_string();
+                let kind = if rejected { dlq::Kind::Rejected } else { dlq::Kind::Handler };
                 for d in failed {
-                    agent.dead_letter(&d, &reason, dlq::Kind::Handler).await.map_err(|e| Error::AgentStopped {
+                    agent.dead_letter(&d, &reason, kind).await.map_err(|e| Error::AgentStopped {
                         agent: agent.name.clone(),
                         source: format!("cannot dead-letter a failed event: {e}").into(),
                     })?;
@@ -400,7 +404,8 @@ pub(crate) async fn supervise(agent: Arc<AgentRuntime>, index: usize) -> Result<
                 last_failed = None;
             }
             OnExhausted::Stop => {
-                tracing::error!(agent = %agent.name, instance = index, %error, "handler failed beyond its retries; stopping");
+                let why = if rejected { "handler rejected an event" } else { "handler failed beyond its retries" };
+                tracing::error!(agent = %agent.name, instance = index, %error, "{why}; stopping");
                 return Err(Error::AgentStopped { agent: agent.name.clone(), source: error });
             }
         }

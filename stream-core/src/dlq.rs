@@ -48,6 +48,8 @@ pub enum Kind {
     Validation,
     /// The handler failed on it, beyond its retries.
     Handler,
+    /// The handler refused it ([`Rejected`](crate::Rejected)), without retries.
+    Rejected,
 }
 
 impl Kind {
@@ -57,6 +59,7 @@ impl Kind {
             Kind::Decode => "decode",
             Kind::Validation => "validation",
             Kind::Handler => "handler",
+            Kind::Rejected => "rejected",
         }
     }
 

@@ -24,6 +24,50 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// An event a handler refuses: input that no retry would make acceptable
+/// (an unknown unit, a sensor nobody registered, an absurd timestamp).
+///
+/// Returned from a handler (`Err(Rejected::new("...").into())`, or `?` on a
+/// `Result<_, Rejected>`), it skips the agent's retries: the event goes to
+/// its dead-letter topic at once, with `strom.error.kind` `rejected` and the
+/// reason, or the agent stops if its policy is
+/// [`then_stop`](crate::ErrorPolicy::then_stop). Any other error is retried
+/// first (a broker or database that is away may come back).
+///
+/// ```
+/// use stream_core::Rejected;
+/// fn celsius(unit: &str, value: f64) -> Result<f64, Rejected> {
+///     match unit {
+///         "C" => Ok(value),
+///         "F" => Ok((value - 32.0) / 1.8),
+///         other => Err(Rejected::new(format!("unknown unit {other:?}"))),
+///     }
+/// }
+/// assert_eq!(celsius("X", 1.0).unwrap_err().to_string(), "unknown unit \"X\"");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Rejected {
+    reason: String,
+}
+
+impl Rejected {
+    /// A rejection with its reason.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Rejected { reason: reason.into() }
+    }
+
+    /// The reason.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Whether `error` is a rejection.
+    pub fn is(error: &(dyn std::error::Error + 'static)) -> bool {
+        error.downcast_ref::<Rejected>().is_some()
+    }
+}
+
 /// What can go wrong in Strom.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -72,7 +72,7 @@ mod worker;
 pub use agent::{Agent, AgentStats, ErrorPolicy, OnExhausted};
 pub use app::{App, AppBuilder, AppConfig, CoPartitioned, TableStore};
 pub use cli::{init_logging, run_command};
-pub use error::{BoxError, Error, Origin, Result};
+pub use error::{BoxError, Error, Origin, Rejected, Result};
 pub use event::Event;
 pub use metrics::Metrics;
 pub use record::{Payload, Record, Schema, ValidationError};
@@ -94,6 +94,6 @@ struct ReadmeDoctests;
 
 /// The usual imports: `use stream_core::prelude::*;`.
 pub mod prelude {
-    pub use crate::{App, BoxError, ErrorPolicy, Event, EventStream, Payload, Record, Table, Topic};
+    pub use crate::{App, BoxError, ErrorPolicy, Event, EventStream, Payload, Record, Rejected, Table, Topic};
     pub use futures::StreamExt;
 }

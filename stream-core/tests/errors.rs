@@ -155,6 +155,50 @@ async fn a_handler_failing_beyond_its_retries_dead_letters_the_event_and_goes_on
     driver.stop().await.unwrap();
 }
 
+async fn a_rejected_event_is_dead_lettered_at_once_while_other_failures_are_retried(env: Env) {
+    let app = env.app("reject");
+    let input = app.topic::<(), u32>("in");
+    let handled: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let flaky_tries = Arc::new(AtomicUsize::new(0));
+    let (h, tries) = (handled.clone(), flaky_tries.clone());
+    app.agent("strict", &input, move |mut events| {
+        let (handled, tries) = (h.clone(), tries.clone());
+        async move {
+            while let Some(e) = events.next().await {
+                let n = *e.value();
+                if n % 10 == 3 {
+                    return Err(Rejected::new(format!("{n} ends in 3")).into());
+                }
+                // A failure that goes away: retried, not dead-lettered.
+                if n == 5 && tries.fetch_add(1, Ordering::SeqCst) < 2 {
+                    return Err("the database is away".into());
+                }
+                handled.lock().unwrap().push(n);
+            }
+            Ok(())
+        }
+    })
+    .on_error(ErrorPolicy::retry(5).backoff(Duration::from_millis(1), Duration::from_millis(5)));
+    let driver = TestDriver::start(&app).await.unwrap();
+    for i in 0..20 {
+        driver.send(&input, None, &i).await.unwrap();
+    }
+    let letters = driver.dead_letters("in", 2, WAIT).await.unwrap();
+    let mut rejected: Vec<(String, String)> = letters.iter().map(|l| (l.kind.clone(), l.error.clone())).collect();
+    rejected.sort();
+    assert_eq!(
+        rejected,
+        [("rejected".to_owned(), "13 ends in 3".to_owned()), ("rejected".to_owned(), "3 ends in 3".to_owned())]
+    );
+    driver.wait_until(WAIT, async |d| Ok(d.committed("in", 0).await? == Some(20))).await.unwrap();
+    let expected: Vec<u32> = (0..20).filter(|n| n % 10 != 3).collect();
+    assert_eq!(*handled.lock().unwrap(), expected);
+    let stats = driver.worker().unwrap().agent_stats("strict").unwrap();
+    assert_eq!(stats.retried.load(Ordering::Relaxed), 2, "only the passing failure was retried");
+    assert_eq!(stats.dead_lettered.load(Ordering::Relaxed), 2);
+    driver.stop().await.unwrap();
+}
+
 async fn a_failed_batch_is_retried_whole(env: Env) {
     let app = env.app("batch-retry");
     let input = app.topic::<(), u32>("in");
@@ -222,5 +266,6 @@ on_every_transport!(
     a_failing_handler_is_retried_with_backoff_and_then_succeeds,
     a_handler_failing_beyond_its_retries_dead_letters_the_event_and_goes_on,
     a_failed_batch_is_retried_whole,
+    a_rejected_event_is_dead_lettered_at_once_while_other_failures_are_retried,
     the_stop_policy_stops_the_worker_without_committing_past_the_failure,
 );
