@@ -35,7 +35,8 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/strom
 
 /// The tables, created on start when missing. Sensor numbers and times are
 /// `bigint` (a `u32` sensor number fits; times are the records' epoch
-/// milliseconds, exact); `loaded_at` is when the row was committed.
+/// milliseconds, exact); `loaded_at` is when the row was written (`now()`:
+/// the start of its transaction, a fraction of a millisecond before the commit).
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS temperature (
     sensor_num   bigint           NOT NULL,

@@ -1,8 +1,9 @@
 //! End-to-end latency of the sensor pipeline: readings published to MQTT at a
 //! steady rate, through `collection`, `processing` and `db-loader` (release
 //! binaries, as processes) into Postgres; the latency of a reading is the time
-//! from its timestamp (set when it is published) to its row's commit
-//! (`loaded_at`, the database's clock, which is this machine's).
+//! from its timestamp (set when it is published) to its row's `loaded_at`
+//! (`now()` on the database's clock, which is this machine's: the start of the
+//! row's transaction, a fraction of a millisecond before its commit).
 //!
 //! ```text
 //! scripts/test-env.sh up
