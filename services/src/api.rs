@@ -31,13 +31,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use serde_json::json;
-use stream_core::App;
 use stream_core::connect::postgres::ToSql;
 use stream_core::connect::postgres::tokio_postgres::error::SqlState;
-use stream_core::connect::postgres::tokio_postgres::{self, Client, Config, NoTls};
+use stream_core::connect::postgres::tokio_postgres::{self, Client, Config};
 use stream_core::metrics::prometheus_client::metrics::counter::Counter;
 use stream_core::metrics::prometheus_client::metrics::family::Family;
 use stream_core::metrics::prometheus_client::metrics::gauge::Gauge;
+use stream_core::{App, BoxError};
 
 use crate::embedded::{Embedded, Point};
 
@@ -69,7 +69,7 @@ pub enum Source<'a> {
 
 /// The API's routes, reading `source`, its metrics registered on `app`.
 /// Serve them with `app.routes(...)`.
-pub fn router(app: &App, source: Source<'_>) -> Result<Router, tokio_postgres::Error> {
+pub fn router(app: &App, source: Source<'_>) -> Result<Router, BoxError> {
     let metrics = ApiMetrics::register(app);
     let db = match source {
         Source::Postgres(url) => Db::Postgres(Box::new(PgReader::new(url)?)),
@@ -317,11 +317,12 @@ enum Db {
 /// was lost. Queries share it (tokio-postgres pipelines them).
 struct PgReader {
     config: Config,
+    tls: stream_core::connect::postgres::MakeTlsConnector,
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
 }
 
 impl PgReader {
-    fn new(url: &str) -> Result<PgReader, tokio_postgres::Error> {
+    fn new(url: &str) -> Result<PgReader, BoxError> {
         let mut config = Config::from_str(url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(3));
@@ -330,7 +331,9 @@ impl PgReader {
         if config.get_application_name().is_none() {
             config.application_name("strom-api-gateway");
         }
-        Ok(PgReader { config, client: tokio::sync::Mutex::new(None) })
+        // TLS as the loader's connections use it (`sslmode`, `PGSSLROOTCERT`).
+        let tls = stream_core::connect::postgres::tls()?;
+        Ok(PgReader { config, tls, client: tokio::sync::Mutex::new(None) })
     }
 
     async fn client(&self) -> Result<Arc<Client>, tokio_postgres::Error> {
@@ -338,7 +341,7 @@ impl PgReader {
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(client.clone());
         }
-        let (client, connection) = self.config.connect(NoTls).await?;
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "api-gateway: the database connection ended");

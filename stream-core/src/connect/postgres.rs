@@ -9,6 +9,11 @@
 //! needs several statements) that resolves only once the rows are committed.
 //! Each connection prepares an `INSERT` once per number of rows and keeps it.
 //!
+//! **TLS** as libpq does it: with the URL's `sslmode` (`prefer` by default,
+//! `require`, `disable`), encrypted when the server offers it, and the
+//! server's certificate verified against the CA file in `PGSSLROOTCERT` when
+//! that is set (see [`tls`]).
+//!
 //! **While the database is down** (refused or lost connections, a server
 //! starting up or shutting down, too many connections, serialization failures
 //! and deadlocks) a call logs the failure, waits (100 ms doubling to 5 s by
@@ -96,8 +101,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Client, Config, Statement};
 
+/// The TLS connector [`tls`] makes (postgres-openssl's).
+pub use postgres_openssl::MakeTlsConnector;
 /// The Postgres client library, for its types (`tokio_postgres::types`).
 pub use tokio_postgres;
 /// A value that can be a query parameter.
@@ -117,6 +124,9 @@ pub enum PgError {
         /// What is wrong with it.
         reason: String,
     },
+    /// TLS could not be set up (a CA file in `PGSSLROOTCERT` that cannot be read).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The database answered with an error that retrying would only repeat: a
     /// syntax error, a missing table or column, a constraint violation, a
     /// value of the wrong type, failed authentication.
@@ -168,6 +178,7 @@ pub struct Postgres {
 #[derive(Clone)]
 struct Settings {
     config: Config,
+    tls: MakeTlsConnector,
     first_backoff: Duration,
     max_backoff: Duration,
     create_database: bool,
@@ -211,6 +222,46 @@ impl Conn {
     }
 }
 
+/// What [`tls`] could not set up.
+#[derive(Debug, thiserror::Error)]
+#[error("PostgreSQL TLS: {0}")]
+pub struct TlsError(String);
+
+/// The TLS connector of Strom's Postgres connections, as libpq would behave
+/// without a client certificate. With `sslmode=prefer` (the default) a
+/// connection is encrypted when the server offers TLS, with `sslmode=require`
+/// it must be, and with `sslmode=disable` it is not. The server's certificate
+/// is verified (its chain up to the CA and the host name) only when
+/// `PGSSLROOTCERT` names a CA file, libpq's variable; otherwise the
+/// connection is encrypted without proof of whom it reaches, like libpq's
+/// `require` without a root certificate.
+pub fn tls() -> Result<MakeTlsConnector, TlsError> {
+    tls_with(std::env::var_os("PGSSLROOTCERT").filter(|v| !v.is_empty()).as_deref().map(std::path::Path::new))
+}
+
+/// [`tls`] with the CA file `root_cert`, or none.
+pub fn tls_with(root_cert: Option<&std::path::Path>) -> Result<MakeTlsConnector, TlsError> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let err = |what: &str, e: openssl::error::ErrorStack| TlsError(format!("{what}: {e}"));
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| err("OpenSSL", e))?;
+    match root_cert {
+        Some(path) => {
+            builder.set_ca_file(path).map_err(|e| err(&format!("reading the CA file {}", path.display()), e))?;
+            builder.set_verify(SslVerifyMode::PEER);
+        }
+        None => builder.set_verify(SslVerifyMode::NONE),
+    }
+    let mut connector = MakeTlsConnector::new(builder.build());
+    if root_cert.is_none() {
+        // No CA to check the certificate against: no host name to check either.
+        connector.set_callback(|config, _| {
+            config.set_verify_hostname(false);
+            Ok(())
+        });
+    }
+    Ok(connector)
+}
+
 impl Postgres {
     /// A handle on the database at `url` (`postgres://user[:password]@host[:port]/dbname?...`
     /// or `host=... dbname=...`). Nothing is connected yet: the first statement
@@ -232,9 +283,11 @@ impl Postgres {
         if config.get_application_name().is_none() {
             config.application_name("strom");
         }
+        let tls = tls()?;
         Ok(Postgres {
             settings: Arc::new(Settings {
                 config,
+                tls,
                 first_backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(5),
                 create_database: false,
@@ -377,7 +430,7 @@ impl Postgres {
     }
 
     async fn connect(&self, config: &Config) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = config.connect(NoTls).await?;
+        let (client, connection) = config.connect(self.settings.tls.clone()).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %describe(&e), "postgres connection ended");
@@ -740,6 +793,72 @@ mod tests {
                 _ => None,
             })
             .collect())
+    }
+
+    /// The first column of the first row of a simple query (which prepares nothing).
+    async fn simple_value(client: &Client, sql: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let messages = client.simple_query(sql).await?;
+        messages
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .ok_or_else(|| format!("{sql}: no row").into())
+    }
+
+    /// Whether the pool's one connection is encrypted, by the server's account.
+    async fn encrypted(db: &Postgres) -> Result<bool, Box<dyn std::error::Error>> {
+        let conn = db.checkout().await?;
+        let ssl = simple_value(&conn.client, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").await?;
+        db.checkin(conn);
+        Ok(ssl == "t")
+    }
+
+    /// A self-signed CA certificate that signed nothing, in a PEM file.
+    fn unrelated_ca(dir: &std::path::Path) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+        use openssl::{asn1::Asn1Time, hash::MessageDigest, pkey::PKey, rsa::Rsa, x509};
+        let key = PKey::from_rsa(Rsa::generate(2048)?)?;
+        let mut name = x509::X509NameBuilder::new()?;
+        name.append_entry_by_text("CN", "nobody's CA")?;
+        let name = name.build();
+        let mut cert = x509::X509Builder::new()?;
+        cert.set_version(2)?;
+        cert.set_subject_name(&name)?;
+        cert.set_issuer_name(&name)?;
+        cert.set_pubkey(&key)?;
+        cert.set_not_before(&*Asn1Time::days_from_now(0)?)?;
+        cert.set_not_after(&*Asn1Time::days_from_now(1)?)?;
+        cert.sign(&key, MessageDigest::sha256())?;
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, cert.build().to_pem()?)?;
+        Ok(path)
+    }
+
+    #[tokio::test]
+    async fn connections_use_tls_as_libpq_would() -> Result<(), Box<dyn std::error::Error>> {
+        let test_db = crate::testing::TestDatabase::create("tls").await?;
+        let server_tls = simple_value(&test_db.connect().await?, "SHOW ssl").await? == "on";
+        for (mode, expected) in [("prefer", server_tls), ("require", true), ("disable", false)] {
+            let db = Postgres::connect_lazy(&format!("{}?sslmode={mode}", test_db.url()))?;
+            if mode == "require" && !server_tls {
+                let refused = db.checkout().await.err().map(|e| describe(&e)).unwrap_or_default();
+                assert!(refused.contains("TLS"), "sslmode=require against a server without TLS: {refused}");
+                continue;
+            }
+            assert_eq!(encrypted(&db).await?, expected, "sslmode={mode}, server TLS {server_tls}");
+        }
+        if server_tls {
+            // With a CA to check against, a certificate it did not sign is refused.
+            let dir = tempfile::tempdir()?;
+            let tls = tls_with(Some(&unrelated_ca(dir.path())?))?;
+            let config = Config::from_str(&format!("{}?sslmode=require", test_db.url()))?;
+            let refused = config.connect(tls).await.err().map(|e| describe(&e)).unwrap_or_default();
+            assert!(refused.contains("certificate verify failed"), "{refused}");
+        }
+        let missing = tls_with(Some(std::path::Path::new("/nonexistent/ca.pem"))).err().map(|e| e.to_string());
+        assert!(missing.unwrap_or_default().contains("reading the CA file /nonexistent/ca.pem"));
+        Ok(())
     }
 
     #[tokio::test]
