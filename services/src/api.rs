@@ -323,7 +323,8 @@ struct PgReader {
 
 impl PgReader {
     fn new(url: &str) -> Result<PgReader, BoxError> {
-        let mut config = Config::from_str(url)?;
+        // TLS as the loader's connections use it (`sslmode`, `PGSSLROOTCERT`).
+        let (mut config, tls) = stream_core::connect::postgres::parse(url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(3));
         }
@@ -331,8 +332,6 @@ impl PgReader {
         if config.get_application_name().is_none() {
             config.application_name("strom-api-gateway");
         }
-        // TLS as the loader's connections use it (`sslmode`, `PGSSLROOTCERT`).
-        let tls = stream_core::connect::postgres::tls()?;
         Ok(PgReader { config, tls, client: tokio::sync::Mutex::new(None) })
     }
 

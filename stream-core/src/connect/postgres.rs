@@ -10,9 +10,10 @@
 //! Each connection prepares an `INSERT` once per number of rows and keeps it.
 //!
 //! **TLS** as libpq does it: with the URL's `sslmode` (`prefer` by default,
-//! `require`, `disable`), encrypted when the server offers it, and the
-//! server's certificate verified against the CA file in `PGSSLROOTCERT` when
-//! that is set (see [`tls`]).
+//! `require`, `disable`, `verify-ca`, `verify-full`), encrypted when the
+//! server offers it, and the server's certificate verified against the CA
+//! file in `PGSSLROOTCERT` when that is set, or with `verify-ca` /
+//! `verify-full` (see [`parse`] and [`tls_with`]).
 //!
 //! **While the database is down** (refused or lost connections, a server
 //! starting up or shutting down, too many connections, serialization failures
@@ -103,7 +104,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, Statement};
 
-/// The TLS connector [`tls`] makes (postgres-openssl's).
+/// The TLS connector [`tls_with`] makes (postgres-openssl's).
 pub use postgres_openssl::MakeTlsConnector;
 /// The Postgres client library, for its types (`tokio_postgres::types`).
 pub use tokio_postgres;
@@ -222,38 +223,78 @@ impl Conn {
     }
 }
 
-/// What [`tls`] could not set up.
+/// What [`tls_with`] could not set up.
 #[derive(Debug, thiserror::Error)]
 #[error("PostgreSQL TLS: {0}")]
 pub struct TlsError(String);
 
+/// How much of the server's certificate is checked: libpq's `sslmode`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// `disable`, `prefer`, `require`: nothing, unless `PGSSLROOTCERT` names a
+    /// CA file (then as [`Verify::Chain`], as libpq does with a root certificate).
+    Nothing,
+    /// `verify-ca`: the chain, up to the CA in `PGSSLROOTCERT` or else the
+    /// system's CAs.
+    Chain,
+    /// `verify-full`: the chain and the host name.
+    Full,
+}
+
+/// A database URL (or `key=value` string) parsed for tokio-postgres, with the
+/// TLS connector it asks for. tokio-postgres knows `sslmode` `disable`,
+/// `prefer` (the default) and `require`; libpq's `verify-ca` and
+/// `verify-full` are accepted too and mean `require` with the certificate
+/// checked (see [`Verify`]).
+pub fn parse(url: &str) -> Result<(Config, MakeTlsConnector), PgError> {
+    let mut verify = Verify::Nothing;
+    let mut text = url.to_owned();
+    for (mode, level) in [("verify-full", Verify::Full), ("verify-ca", Verify::Chain)] {
+        let given = format!("sslmode={mode}");
+        if text.contains(&given) {
+            text = text.replace(&given, "sslmode=require");
+            verify = level;
+        }
+    }
+    let config = Config::from_str(&text).map_err(|e| PgError::Url { reason: describe(&e) })?;
+    let root_cert = std::env::var_os("PGSSLROOTCERT").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    Ok((config, tls_with(root_cert.as_deref(), verify)?))
+}
+
 /// The TLS connector of Strom's Postgres connections, as libpq would behave
 /// without a client certificate. With `sslmode=prefer` (the default) a
 /// connection is encrypted when the server offers TLS, with `sslmode=require`
-/// it must be, and with `sslmode=disable` it is not. The server's certificate
-/// is verified (its chain up to the CA and the host name) only when
-/// `PGSSLROOTCERT` names a CA file, libpq's variable; otherwise the
-/// connection is encrypted without proof of whom it reaches, like libpq's
-/// `require` without a root certificate.
-pub fn tls() -> Result<MakeTlsConnector, TlsError> {
-    tls_with(std::env::var_os("PGSSLROOTCERT").filter(|v| !v.is_empty()).as_deref().map(std::path::Path::new))
-}
-
-/// [`tls`] with the CA file `root_cert`, or none.
-pub fn tls_with(root_cert: Option<&std::path::Path>) -> Result<MakeTlsConnector, TlsError> {
+/// it must be, and with `sslmode=disable` it is not. The server's
+/// certificate is checked as `verify` says, against the CA file `root_cert`
+/// (`PGSSLROOTCERT`, libpq's variable) or, for `verify-ca` and `verify-full`
+/// without one, the system's CAs. Without either the connection is
+/// encrypted without proof of whom it reaches, like libpq's `require`
+/// without a root certificate.
+pub fn tls_with(root_cert: Option<&std::path::Path>, verify: Verify) -> Result<MakeTlsConnector, TlsError> {
     use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
     let err = |what: &str, e: openssl::error::ErrorStack| TlsError(format!("{what}: {e}"));
     let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| err("OpenSSL", e))?;
-    match root_cert {
-        Some(path) => {
-            builder.set_ca_file(path).map_err(|e| err(&format!("reading the CA file {}", path.display()), e))?;
-            builder.set_verify(SslVerifyMode::PEER);
+    let verify = match (root_cert, verify) {
+        (Some(path), verify) => {
+            // The CA file replaces the system's CAs (as libpq's sslrootcert does).
+            let what = format!("reading the CA file {}", path.display());
+            let pem = std::fs::read(path).map_err(|e| TlsError(format!("{what}: {e}")))?;
+            let mut store = openssl::x509::store::X509StoreBuilder::new().map_err(|e| err("OpenSSL", e))?;
+            for cert in openssl::x509::X509::stack_from_pem(&pem).map_err(|e| err(&what, e))? {
+                store.add_cert(cert).map_err(|e| err(&what, e))?;
+            }
+            builder.set_cert_store(store.build());
+            if verify == Verify::Full { Verify::Full } else { Verify::Chain }
         }
-        None => builder.set_verify(SslVerifyMode::NONE),
-    }
+        (None, Verify::Nothing) => Verify::Nothing,
+        (None, verify) => {
+            builder.set_default_verify_paths().map_err(|e| err("reading the system's CAs", e))?;
+            verify
+        }
+    };
+    builder.set_verify(if verify == Verify::Nothing { SslVerifyMode::NONE } else { SslVerifyMode::PEER });
     let mut connector = MakeTlsConnector::new(builder.build());
-    if root_cert.is_none() {
-        // No CA to check the certificate against: no host name to check either.
+    if verify != Verify::Full {
         connector.set_callback(|config, _| {
             config.set_verify_hostname(false);
             Ok(())
@@ -270,7 +311,7 @@ impl Postgres {
     /// a connection whose sent data goes unacknowledged for 30 s is given up
     /// (`tcp_user_timeout`), so a cut network is retried like a stopped server.
     pub fn connect_lazy(url: &str) -> Result<Postgres, PgError> {
-        let mut config = Config::from_str(url).map_err(|e| PgError::Url { reason: describe(&e) })?;
+        let (mut config, tls) = parse(url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -283,7 +324,6 @@ impl Postgres {
         if config.get_application_name().is_none() {
             config.application_name("strom");
         }
-        let tls = tls()?;
         Ok(Postgres {
             settings: Arc::new(Settings {
                 config,
@@ -851,12 +891,32 @@ mod tests {
         if server_tls {
             // With a CA to check against, a certificate it did not sign is refused.
             let dir = tempfile::tempdir()?;
-            let tls = tls_with(Some(&unrelated_ca(dir.path())?))?;
+            let tls = tls_with(Some(&unrelated_ca(dir.path())?), Verify::Nothing)?;
             let config = Config::from_str(&format!("{}?sslmode=require", test_db.url()))?;
             let refused = config.connect(tls).await.err().map(|e| describe(&e)).unwrap_or_default();
             assert!(refused.contains("certificate verify failed"), "{refused}");
+            // The server's own (self-signed) certificate as the CA: its chain
+            // holds (verify-ca), its host name is not 127.0.0.1 (verify-full).
+            let own = simple_value(&test_db.connect().await?, "SHOW ssl_cert_file").await?;
+            let own = std::path::Path::new(&own);
+            let config = Config::from_str(&format!("{}?sslmode=require", test_db.url()))?;
+            let (client, connection) = config.connect(tls_with(Some(own), Verify::Chain)?).await?;
+            drop((client, connection));
+            let refused = config.connect(tls_with(Some(own), Verify::Full)?).await.err().map(|e| describe(&e));
+            assert!(refused.unwrap_or_default().contains("certificate verify failed"));
+            // libpq's sslmode=verify-full in a URL, without a CA file: the
+            // system's CAs, which did not sign this server's certificate (or,
+            // as Debian's store holds its snakeoil certificate, the host name
+            // 127.0.0.1 is not the certificate's).
+            let (config, tls) = parse(&format!("{}?sslmode=verify-full", test_db.url()))?;
+            assert_eq!(config.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+            if std::env::var_os("PGSSLROOTCERT").is_none() {
+                let refused = config.connect(tls).await.err().map(|e| describe(&e)).unwrap_or_default();
+                assert!(refused.contains("certificate verify failed"), "{refused}");
+            }
         }
-        let missing = tls_with(Some(std::path::Path::new("/nonexistent/ca.pem"))).err().map(|e| e.to_string());
+        let missing =
+            tls_with(Some(std::path::Path::new("/nonexistent/ca.pem")), Verify::Nothing).err().map(|e| e.to_string());
         assert!(missing.unwrap_or_default().contains("reading the CA file /nonexistent/ca.pem"));
         Ok(())
     }
