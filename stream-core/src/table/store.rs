@@ -56,6 +56,15 @@ fn store_err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> Erro
     Error::Io { context: context.to_string(), source: std::io::Error::other(e.to_string()) }
 }
 
+/// How long opening waits for another holder of the store's lock to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether sled could not open the store because something holds its lock.
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(e)
+        if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock"))
+}
+
 /// Writes per sled batch (see [`SledPartition::apply`]).
 const SLED_BATCH: usize = 256;
 
@@ -84,7 +93,15 @@ impl SledStore {
     pub fn open(state_dir: &Path) -> Result<SledStore> {
         let path = state_dir.join("tables");
         let config = sled::Config::new().path(&path).mode(sled::Mode::HighThroughput);
-        let db = match config.open() {
+        // A store closed a moment ago in this process (a worker restarted) is
+        // unlocked once sled's background flusher has let go of it.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let mut opened = config.open();
+        while matches!(&opened, Err(e) if is_locked(e)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            opened = config.open();
+        }
+        let db = match opened {
             Ok(db) => db,
             Err(sled::Error::Corruption { .. }) => {
                 let aside = state_dir.join(format!("tables.corrupt-{}", std::process::id()));
@@ -97,9 +114,7 @@ impl SledStore {
                     .open()
                     .map_err(|e| store_err(format!("opening the table store {}", path.display()), e))?
             }
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock") =>
-            {
+            Err(e) if is_locked(&e) => {
                 return Err(store_err(
                     format!("opening the table store {}", path.display()),
                     "another worker uses this state directory (sled holds a lock on it); give each worker its \
