@@ -819,13 +819,9 @@ impl Default for PgMetrics {
 mod tests {
     use super::*;
 
-    /// The statements the server holds prepared for the pool's one connection.
-    async fn prepared(db: &Postgres) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-        let conn = db.checkout().await?;
-        assert!(lock(&db.pool).is_empty(), "one connection");
-        // A simple query, which prepares nothing itself.
-        let messages = conn.client.simple_query("SELECT name FROM pg_prepared_statements ORDER BY name").await?;
-        db.checkin(conn);
+    /// The first column of every row of a simple query (which prepares nothing).
+    async fn simple_column(client: &Client, sql: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let messages = client.simple_query(sql).await?;
         Ok(messages
             .iter()
             .filter_map(|m| match m {
@@ -835,16 +831,18 @@ mod tests {
             .collect())
     }
 
-    /// The first column of the first row of a simple query (which prepares nothing).
+    /// The first column of the first row of a simple query.
     async fn simple_value(client: &Client, sql: &str) -> Result<String, Box<dyn std::error::Error>> {
-        let messages = client.simple_query(sql).await?;
-        messages
-            .iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-                _ => None,
-            })
-            .ok_or_else(|| format!("{sql}: no row").into())
+        simple_column(client, sql).await?.into_iter().next().ok_or_else(|| format!("{sql}: no row").into())
+    }
+
+    /// The statements the server holds prepared for the pool's one connection.
+    async fn prepared(db: &Postgres) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let conn = db.checkout().await?;
+        assert!(lock(&db.pool).is_empty(), "one connection");
+        let names = simple_column(&conn.client, "SELECT name FROM pg_prepared_statements ORDER BY name").await?;
+        db.checkin(conn);
+        Ok(names)
     }
 
     /// Whether the pool's one connection is encrypted, by the server's account.

@@ -108,11 +108,7 @@ impl SledStore {
                 tracing::warn!(path = %path.display(), moved_to = %aside.display(),
                     "the table store is corrupt; starting afresh (tables rebuild from their changelogs)");
                 std::fs::rename(&path, &aside).map_err(|e| store_err(format!("moving {} aside", path.display()), e))?;
-                sled::Config::new()
-                    .path(&path)
-                    .mode(sled::Mode::HighThroughput)
-                    .open()
-                    .map_err(|e| store_err(format!("opening the table store {}", path.display()), e))?
+                config.open().map_err(|e| store_err(format!("opening the table store {}", path.display()), e))?
             }
             Err(e) if is_locked(&e) => {
                 return Err(store_err(
