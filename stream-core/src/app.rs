@@ -379,6 +379,15 @@ impl App {
         GlobalTable::declare(&self.core, name)
     }
 
+    /// Declares a table every worker holds whole, read from `topic` itself
+    /// (Kafka Streams' `globalTable(topic)`): each key at its last version
+    /// read, or at the version [`GlobalTable::keep_if`] keeps. No changelog
+    /// of its own and no consumer group: every worker reads every partition
+    /// of `topic`, which suits replicas that each serve all the data.
+    pub fn global_table_from<K: Payload, V: Payload>(&self, name: &str, topic: &Topic<K, V>) -> GlobalTable<K, V> {
+        GlobalTable::declare_over(&self.core, name, topic.name_arc().clone())
+    }
+
     /// Declares a table of tumbling or hopping windows, co-partitioned with
     /// `topic`. See [`WindowedTable`](crate::table::window::WindowedTable).
     pub fn windowed_table<K: Payload, V: Payload>(
@@ -527,7 +536,7 @@ impl App {
                 specs.entry(dlq.clone()).or_insert(crate::transport::TopicSpec { name: dlq, ..spec });
             }
         }
-        for table in lock(&self.core.tables).iter() {
+        for table in lock(&self.core.tables).iter().filter(|t| !t.external) {
             let spec = table.changelog_spec();
             specs.insert(spec.name.clone(), spec);
         }

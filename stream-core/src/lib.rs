@@ -79,7 +79,7 @@ pub use record::{Payload, Record, Schema, ValidationError};
 pub use stream::{Batches, EventStream};
 #[cfg(feature = "derive")]
 pub use stream_macros::Record;
-pub use table::{GlobalTable, Table, TablePartition, TableStats};
+pub use table::{Change, Changes, GlobalTable, Table, TablePartition, TableStats};
 pub use timer::Shutdown;
 pub use topic::{MessageBuilder, Topic};
 pub use tracking::DeliveryReceipt;

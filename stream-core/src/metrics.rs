@@ -356,13 +356,16 @@ impl Collector for TableCollector {
             return Ok(());
         }
         type Count = fn(&TableStats) -> &std::sync::atomic::AtomicU64;
-        let counters: [(&str, &str, Count); 6] = [
+        let counters: [(&str, &str, Count); 7] = [
             ("table_changelog_writes", "Table changes written (each also produced to the changelog)", |s| &s.writes),
             ("table_recovered_records", "Changelog records replayed into the store by recoveries", |s| &s.replayed),
             ("table_recoveries", "Table partition recoveries finished", |s| &s.recoveries),
             ("table_rebuilds", "Table partitions rebuilt from the whole changelog", |s| &s.rebuilt),
             ("table_late_events", "Events too late for any open window of a windowed table", |s| &s.late_events),
             ("table_windows_closed", "Windows closed by the watermark or by idleness", |s| &s.windows_closed),
+            ("table_versions_not_kept", "Versions a global table's keep rule did not keep (older than the one held)", |s| {
+                &s.not_kept
+            }),
         ];
         for (name, help, value) in counters {
             let mut family =

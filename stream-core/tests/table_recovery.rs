@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use stream_core::AppBuilder;
+use stream_core::{AppBuilder, Change, GlobalTable};
 use stream_core::prelude::*;
 use stream_core::testing::TestDriver;
 
@@ -280,6 +280,54 @@ async fn a_global_table_is_whole_on_every_worker_before_its_agents_start(env: En
     driver.stop().await.unwrap();
 }
 
+/// A global table read from a topic of the app's own: each key at the version
+/// its keep rule prefers (a stale version arriving later is not kept), its
+/// changes streamed to subscribers, and a worker started later whole at start.
+async fn a_global_table_read_from_a_topic_keeps_the_newest_version(env: Env) {
+    let dir = tempfile::tempdir().unwrap();
+    let rev = |v: &serde_json::Value| v["rev"].as_u64().unwrap_or(0);
+    let declare = |b: AppBuilder| {
+        let app = b.build().unwrap();
+        let revisions = app.topic::<String, serde_json::Value>("revisions").partitions(3);
+        let latest = app
+            .global_table_from("latest", &revisions)
+            .keep_if(move |incoming: &serde_json::Value, stored: &serde_json::Value| rev(incoming) > rev(stored));
+        (app, revisions, latest)
+    };
+    let (app, revisions, latest) = declare(builder(&env, dir.path()));
+    let driver = start(&app).await;
+    let mut changes = latest.changes();
+    let send = async |key: &str, r: u64| {
+        revisions.send(&key.to_owned(), &serde_json::json!({"rev": r})).await.unwrap().await.unwrap();
+    };
+    for (key, r) in [("a", 1), ("b", 1), ("a", 3), ("a", 2), ("b", 2), ("c", 5)] {
+        send(key, r).await;
+    }
+    let held = |table: &GlobalTable<String, serde_json::Value>| -> BTreeMap<String, u64> {
+        table.entries().unwrap().into_iter().map(|(k, v)| (k, rev(&v))).collect()
+    };
+    let expected: BTreeMap<String, u64> = [("a", 3), ("b", 2), ("c", 5)].map(|(k, r)| (k.to_owned(), r)).into();
+    driver.wait_until(WAIT, async |_| Ok(held(&latest) == expected)).await.unwrap();
+    assert_eq!(latest.table().stats().not_kept.load(std::sync::atomic::Ordering::Relaxed), 1, "a@2 came after a@3");
+    // The changes, as applied: a ends at 3 and never goes back to 2.
+    let mut last = BTreeMap::new();
+    while last != expected {
+        let change = tokio::time::timeout(WAIT, changes.next()).await.unwrap().unwrap();
+        let Change::Set(key, value) = change else { panic!("unexpected {change:?}") };
+        assert!(!(key == "a" && rev(&value) == 2), "the stale version was streamed");
+        last.insert(key, rev(&value));
+    }
+    driver.stop().await.unwrap();
+
+    // A worker started later, with a state directory of its own, is whole at
+    // start and keeps the rule over the whole topic.
+    let other = tempfile::tempdir().unwrap();
+    let (app, _, latest) = declare(Env::same_as(&app).state_dir(other.path()));
+    let driver = start(&app).await;
+    assert_eq!(held(&latest), expected);
+    driver.stop().await.unwrap();
+}
+
 /// Two workers of one group, each following the other's partitions: when one
 /// stops, the survivor serves its partitions without replaying their changelog.
 #[cfg(feature = "kafka")]
@@ -320,6 +368,7 @@ async fn a_standby_takes_over_without_replaying_the_changelog() {
 
 on_every_transport!(
     a_global_table_is_whole_on_every_worker_before_its_agents_start,
+    a_global_table_read_from_a_topic_keeps_the_newest_version,
     counts_survive_a_restart_and_agree_with_the_changelog,
     a_crash_replays_only_the_changelog_tail,
     a_lost_state_directory_is_rebuilt_from_the_changelog,

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use std::collections::HashMap;
 
 use super::store::{MemoryStore, PartitionStore, SledStore, Store, Write};
-use super::{TableCore, TablePart};
+use super::{Keep, TableCore, TablePart};
 use crate::app::{AppCore, TableStore};
 use crate::error::{Error, Result};
 use crate::tracking::lock;
@@ -344,19 +344,34 @@ async fn catch_up(
 ) -> Result<(i64, u64)> {
     let tp = TopicPartition { topic: table.changelog.clone(), partition };
     let mut replayed = 0u64;
+    let keep = lock(&table.keep).clone();
     // Writing a batch to the store overlaps with reading the next one.
-    let mut writing: Option<tokio::task::JoinHandle<Result<()>>> = None;
+    let mut writing: Option<tokio::task::JoinHandle<Result<Vec<Write>>>> = None;
     let mut last_log = Instant::now();
     loop {
         let batch = table.core.transport.read(&tp, from, RECOVERY_BATCH).await?;
         let n = batch.messages.len();
         if let Some(last) = batch.messages.last().map(|m| m.offset) {
-            let writes = latest_by_key(batch.messages.into_iter().filter_map(|m| Some((m.key?, m.value))));
+            let writes = batch.messages.into_iter().filter_map(|m| Some((m.key?, m.value)));
             if let Some(previous) = writing.take() {
-                join(previous).await?;
+                applied(table, join(previous).await?);
             }
             let ps = part_store.clone();
-            writing = Some(tokio::task::spawn_blocking(move || ps.apply(&writes, Some(last))));
+            writing = Some(match &keep {
+                None => {
+                    let writes = latest_by_key(writes);
+                    tokio::task::spawn_blocking(move || ps.apply(&writes, Some(last)).map(|()| writes))
+                }
+                Some(keep) => {
+                    let (keep, writes) = (keep.clone(), writes.collect::<Vec<_>>());
+                    let not_kept = table.stats.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let (writes, skipped) = kept(ps.as_ref(), &keep, writes)?;
+                        not_kept.not_kept.fetch_add(skipped, Ordering::Relaxed);
+                        ps.apply(&writes, Some(last)).map(|()| writes)
+                    })
+                }
+            });
             replayed += n as u64;
             counter.fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -370,9 +385,44 @@ async fn catch_up(
         }
     }
     if let Some(previous) = writing.take() {
-        join(previous).await?;
+        applied(table, join(previous).await?);
     }
     Ok((from, replayed))
+}
+
+/// Tells a global table's subscribers of the changes just applied.
+fn applied(table: &TableCore, writes: Vec<Write>) {
+    if table.global && table.changes.receiver_count() > 0 {
+        for write in writes {
+            // No subscriber left is no error.
+            let _ = table.changes.send(write);
+        }
+    }
+}
+
+/// What a batch leaves behind under a keep rule: each version read replaces
+/// the one held (stored, or earlier in the batch) only if `keep` says so;
+/// removals always apply. Returns the writes in key order and how many
+/// versions were not kept.
+fn kept(store: &dyn PartitionStore, keep: &Keep, writes: Vec<Write>) -> Result<(Vec<Write>, u64)> {
+    let mut latest: std::collections::BTreeMap<bytes::Bytes, Option<bytes::Bytes>> = Default::default();
+    let mut skipped = 0;
+    for (key, value) in writes {
+        if let Some(incoming) = &value {
+            let held = match latest.get(&key) {
+                Some(held) => held.clone(),
+                None => store.get(&key)?,
+            };
+            if let Some(held) = held
+                && !keep(incoming, &held)
+            {
+                skipped += 1;
+                continue;
+            }
+        }
+        latest.insert(key, value);
+    }
+    Ok((latest.into_iter().collect(), skipped))
 }
 
 /// The last write of each key, in key order: what a batch of changelog
@@ -383,7 +433,7 @@ fn latest_by_key(writes: impl Iterator<Item = Write>) -> Vec<Write> {
     latest.into_iter().collect()
 }
 
-async fn join(task: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+async fn join<T>(task: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
     task.await
         .map_err(|e| Error::Io { context: "table store task".into(), source: std::io::Error::other(e.to_string()) })?
 }

@@ -113,7 +113,18 @@ pub struct TableStats {
     /// Changelog records applied to standby partitions (and so not replayed
     /// when this worker takes them over).
     pub standby_applied: AtomicU64,
+    /// Versions a global table with a keep rule ([`GlobalTable::keep_if`])
+    /// read and did not keep: older than the version it holds.
+    pub not_kept: AtomicU64,
 }
+
+/// Which of two encoded versions of a key a global table keeps: `true` keeps
+/// the incoming one (first argument) over the stored one.
+pub(crate) type Keep = Arc<dyn Fn(&Bytes, &Bytes) -> bool + Send + Sync>;
+
+/// How many applied changes a subscriber of [`GlobalTable::changes`] may
+/// fall behind before it misses some.
+const CHANGES_BUFFER: usize = 4096;
 
 /// What the app knows of a declared table, whatever its types.
 pub(crate) struct TableCore {
@@ -129,6 +140,14 @@ pub(crate) struct TableCore {
     /// A global table: every worker holds every partition, following the
     /// changelog; the source is the changelog itself.
     pub(crate) global: bool,
+    /// The changelog is a topic the app declares itself (a global table read
+    /// from a topic): the table neither creates nor compacts it.
+    pub(crate) external: bool,
+    /// A global table's rule for which version of a key it keeps (none: the
+    /// last one read).
+    pub(crate) keep: Mutex<Option<Keep>>,
+    /// The changes a global table applies, for [`GlobalTable::changes`].
+    pub(crate) changes: tokio::sync::broadcast::Sender<Write>,
     /// The partition count, known once the worker starts.
     partitions: AtomicI32,
     pub(crate) core: Arc<AppCore>,
@@ -353,6 +372,22 @@ impl<K: Payload, V: Payload> Table<K, V> {
         let changelog: Arc<str> = Arc::from(core.config.topic_name(&format!("{}-{name}-changelog", core.config.id)));
         let global = source.is_none();
         let source = source.unwrap_or_else(|| changelog.clone());
+        Self::declare_core(core, name, changelog, source, global, false)
+    }
+
+    /// A global table whose changelog is `topic`, a topic the app declares.
+    pub(crate) fn declare_over(core: &Arc<AppCore>, name: &str, topic: Arc<str>) -> Self {
+        Self::declare_core(core, name, topic.clone(), topic, true, true)
+    }
+
+    fn declare_core(
+        core: &Arc<AppCore>,
+        name: &str,
+        changelog: Arc<str>,
+        source: Arc<str>,
+        global: bool,
+        external: bool,
+    ) -> Self {
         let stats = Arc::new(TableStats::default());
         core.metrics.add_table(name, stats.clone());
         let inner = Arc::new(TableCore {
@@ -362,6 +397,9 @@ impl<K: Payload, V: Payload> Table<K, V> {
             declared: Mutex::new(None),
             standby_replicas: Default::default(),
             global,
+            external,
+            keep: Mutex::new(None),
+            changes: tokio::sync::broadcast::channel(CHANGES_BUFFER).0,
             partitions: AtomicI32::new(0),
             core: core.clone(),
             parts: RwLock::default(),
@@ -538,6 +576,59 @@ impl<K: Payload, V: Payload> GlobalTable<K, V> {
         GlobalTable { table: Table::declare(core, name, None) }
     }
 
+    pub(crate) fn declare_over(core: &Arc<AppCore>, name: &str, topic: Arc<str>) -> Self {
+        GlobalTable { table: Table::declare_over(core, name, topic) }
+    }
+
+    /// Which of two versions of a key the table keeps: `keep(incoming,
+    /// stored)` is called for each version read while the table holds
+    /// another, and the incoming one replaces the stored one only when it
+    /// returns `true` (without a rule, the last version read wins). For data
+    /// whose versions can arrive out of order, such as revisions carrying
+    /// their own revision time:
+    ///
+    /// ```
+    /// # use stream_core::prelude::*;
+    /// # #[derive(serde::Serialize, serde::Deserialize, Clone)] struct Revision { updated_ms: i64 }
+    /// # impl stream_core::Payload for Revision { type Codec = stream_core::codec::Json; }
+    /// # fn doc(app: App) {
+    /// let events = app.topic::<String, Revision>("events");
+    /// let latest = app
+    ///     .global_table_from("latest", &events)
+    ///     .keep_if(|incoming: &Revision, stored: &Revision| incoming.updated_ms > stored.updated_ms);
+    /// # let _ = latest; }
+    /// ```
+    ///
+    /// A version that does not decode is not kept (it is logged); a stored
+    /// one that does not decode is replaced. Versions not kept are counted in
+    /// [`TableStats::not_kept`].
+    pub fn keep_if(self, keep: impl Fn(&V, &V) -> bool + Send + Sync + 'static) -> Self {
+        let table = self.table.clone();
+        let rule: Keep = Arc::new(move |incoming: &Bytes, stored: &Bytes| {
+            let incoming = match table.decode_value(incoming) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(table = %table.inner.name, error = %e, "a version that does not decode is not kept");
+                    return false;
+                }
+            };
+            match table.decode_value(stored) {
+                Ok(stored) => keep(&incoming, &stored),
+                Err(_) => true,
+            }
+        });
+        *lock(&self.table.inner.keep) = Some(rule);
+        self
+    }
+
+    /// The changes this worker applies to the table from now on, in the
+    /// order it applies them (per partition), each once it is applied:
+    /// what a live view (a web page's event stream, a cache) follows after
+    /// reading [`entries`](Self::entries).
+    pub fn changes(&self) -> Changes<K, V> {
+        Changes { rx: self.table.inner.changes.subscribe(), table: self.table.clone() }
+    }
+
     /// Creates the changelog with `n` partitions (the app's default otherwise).
     pub fn partitions(self, n: i32) -> Self {
         GlobalTable { table: self.table.partitions(n) }
@@ -582,6 +673,55 @@ impl<K: Payload, V: Payload> GlobalTable<K, V> {
     /// The underlying table (its name, changelog and counters).
     pub fn table(&self) -> &Table<K, V> {
         &self.table
+    }
+}
+
+/// One change to a [`GlobalTable`], from [`Changes::next`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Change<K, V> {
+    /// `key` now has this value.
+    Set(K, V),
+    /// `key` was removed.
+    Removed(K),
+    /// The subscriber fell this many changes behind and missed them: read
+    /// the table's entries again to catch up.
+    Missed(u64),
+}
+
+/// The changes a worker applies to a [`GlobalTable`]; see
+/// [`GlobalTable::changes`].
+pub struct Changes<K, V> {
+    rx: tokio::sync::broadcast::Receiver<Write>,
+    table: Table<K, V>,
+}
+
+impl<K, V> std::fmt::Debug for Changes<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Changes").field("table", &self.table.inner.name).finish_non_exhaustive()
+    }
+}
+
+impl<K: Payload, V: Payload> Changes<K, V> {
+    /// The next change, waiting for one; `None` once the table is gone. A
+    /// change that does not decode is skipped (and logged).
+    pub async fn next(&mut self) -> Option<Change<K, V>> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let (key, value) = match self.rx.recv().await {
+                Ok(change) => change,
+                Err(RecvError::Lagged(n)) => return Some(Change::Missed(n)),
+                Err(RecvError::Closed) => return None,
+            };
+            let decoded = self.table.decode_key(&key).and_then(|k| match value {
+                Some(v) => self.table.decode_value(&v).map(|v| Change::Set(k, v)),
+                None => Ok(Change::Removed(k)),
+            });
+            match decoded {
+                Ok(change) => return Some(change),
+                Err(e) => tracing::warn!(table = %self.table.inner.name, error = %e, "a change that does not decode is skipped"),
+            }
+        }
     }
 }
 
