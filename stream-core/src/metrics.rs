@@ -363,9 +363,11 @@ impl Collector for TableCollector {
             ("table_rebuilds", "Table partitions rebuilt from the whole changelog", |s| &s.rebuilt),
             ("table_late_events", "Events too late for any open window of a windowed table", |s| &s.late_events),
             ("table_windows_closed", "Windows closed by the watermark or by idleness", |s| &s.windows_closed),
-            ("table_versions_not_kept", "Versions a global table's keep rule did not keep (older than the one held)", |s| {
-                &s.not_kept
-            }),
+            (
+                "table_versions_not_kept",
+                "Versions a global table's keep rule did not keep (older than the one held)",
+                |s| &s.not_kept,
+            ),
         ];
         for (name, help, value) in counters {
             let mut family =

@@ -12,3 +12,5 @@
 pub mod mqtt;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "websocket")]
+pub mod websocket;
