@@ -5,7 +5,10 @@
 # The tests run against real services on 127.0.0.1, which scripts/test-env.sh
 # provides: a Kafka-protocol broker (Tansu, installed with cargo when missing,
 # started on :9092 unless one answers there and stopped again afterwards),
-# PostgreSQL and Mosquitto. A missing service fails the run; no test is skipped.
+# PostgreSQL and Mosquitto, and the programs the deployment tests run (nginx,
+# promtool); scripts/browser-env.sh provides headless Chromium and
+# playwright-core for the map's browser test. A missing service fails the
+# run; no test is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +30,9 @@ scripts/test-env.sh up || fail "test services"
 if [ "$had_broker" = no ] && [ -f target/test-env/tansu.pid ]; then
     trap 'scripts/test-env.sh down' EXIT
 fi
+step "browser tests' needs (scripts/browser-env.sh: Chromium, playwright-core)"
+scripts/browser-env.sh || fail "browser test environment"
+
 export STROM_TEST_KAFKA=127.0.0.1:9092
 # The services and examples the tests start listen on this machine only.
 export STROM_WEB_HOST=127.0.0.1

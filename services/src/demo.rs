@@ -1,13 +1,20 @@
-//! The whole sensor pipeline in one process: the simulator, every service
-//! and the API, each its own [`App`] (its own consumer group, metrics and
-//! HTTP port, as when they run apart), on one broker.
+//! Both systems in one process: the sensor pipeline (the simulator, every
+//! service and the API) and the earthquake pipeline (quake-source,
+//! quake-loader and the live map), each service its own [`App`] (its own
+//! consumer group, metrics and HTTP port, as when they run apart), on one
+//! broker.
 //!
 //! By default nothing outside the process is needed: the broker is
 //! `memory://`, an MQTT broker (rumqttd) runs in the process on a free port
 //! of 127.0.0.1, and the rows go to an [`Embedded`] database under
-//! `STROM_STATE_DIR` (default `./state/sensor-demo`) instead of Postgres.
+//! `STROM_STATE_DIR` (default `./state/strom-demo`) instead of Postgres.
 //! `STROM_BROKER`, `MQTT_URL` and `DATABASE_URL` each put the real thing in
-//! its place. HTTP ports are the services' own (API 8007, collection
+//! its place. quake-source reads EMSC live (`EMSC_URL`), or, with
+//! `QUAKE_REPLAY=<file>`, a recording played by the project's EMSC stand-in
+//! in the process (`services/assets/quakes/recording.jsonl` is one; event
+//! times moved to now, `QUAKE_REPLAY_SPEED` times as fast as recorded,
+//! default 1). `DEMO_SYSTEMS` (`sensors,quakes`, the default) chooses what
+//! runs. HTTP ports are the services' own (API 8007, map 8080, collection
 //! 7002, ...); `STROM_WEB_PORT=0` picks free ones for all of them.
 
 use std::collections::HashMap;
@@ -16,16 +23,20 @@ use std::path::PathBuf;
 
 use futures::future::select_all;
 use stream_core::connect::mqtt::MqttSource;
+use stream_core::connect::websocket::WebSocketSource;
 use stream_core::{App, BoxError, Error, TableStore, Worker};
 
 use crate::api::{self, Source};
 use crate::embedded::Embedded;
 use crate::loader::{self, Database};
+use crate::quake::emsc::{EmscStandIn, Recording, Replay};
+use crate::quake::page::PageSettings;
 use crate::service::{env_or, env_parse};
-use crate::{aggregation, collection, processing, simulator, topics};
+use crate::{aggregation, collection, processing, quake, simulator, topics};
 
-/// The services, in the order they start (downstream first) and stop (reversed).
-const SERVICES: [(&str, u16); 6] = [
+/// The sensor pipeline's services, in the order they start (downstream
+/// first) and stop (reversed).
+const SENSOR_SERVICES: [(&str, u16); 6] = [
     ("api-gateway", 8007),
     ("db-loader", 7005),
     ("aggregation", 7004),
@@ -34,15 +45,22 @@ const SERVICES: [(&str, u16); 6] = [
     ("sensor-simulator", 7001),
 ];
 
-/// The running pipeline.
+/// The earthquake pipeline's services, in the same order.
+const QUAKE_SERVICES: [(&str, u16); 3] = [("quake-map", 8080), ("quake-loader", 7102), ("quake-source", 7101)];
+
+/// The running systems.
 pub struct Demo {
     workers: Vec<(&'static str, Worker)>,
-    /// Where the sensors publish and collection subscribes.
-    pub mqtt_url: String,
+    /// Where the sensors publish and collection subscribes (none without the sensor pipeline).
+    pub mqtt_url: Option<String>,
+    /// Where quake-source reads (none without the earthquake pipeline).
+    pub emsc_url: Option<String>,
     /// The broker of the topics.
     pub broker: String,
     /// Where the rows are: a `DATABASE_URL`, or the embedded database's directory.
     pub database: String,
+    /// The EMSC stand-in replaying a recording, while it plays.
+    _replay: Option<EmscStandIn>,
 }
 
 impl Demo {
@@ -50,30 +68,54 @@ impl Demo {
     pub async fn start() -> Result<Demo, BoxError> {
         stream_core::init_logging();
         let broker = env_or("STROM_BROKER", "memory://");
+        let systems = env_or("DEMO_SYSTEMS", "sensors,quakes");
+        let mut services = Vec::new();
+        for system in systems.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match system {
+                "sensors" => services.extend(SENSOR_SERVICES),
+                "quakes" => services.extend(QUAKE_SERVICES),
+                other => return Err(format!("DEMO_SYSTEMS: unknown system {other:?} (sensors, quakes)").into()),
+            }
+        }
+        let runs = |id: &str| services.iter().any(|(s, _)| *s == id);
         let mqtt_url = match std::env::var("MQTT_URL").ok().filter(|u| !u.trim().is_empty()) {
-            Some(url) => url,
-            None => embedded_mqtt()?,
+            _ if !runs("collection") => None,
+            Some(url) => Some(url),
+            None => Some(embedded_mqtt()?),
         };
-        let apps = SERVICES.map(|(id, port)| build(id, port, &broker).map(|app| (id, app)));
-        let apps = apps.into_iter().collect::<stream_core::Result<Vec<_>>>()?;
-        let app = |service: &str| apps.iter().find(|(id, _)| *id == service).map(|(_, app)| app);
-        let (db, database) = match std::env::var("DATABASE_URL").ok().filter(|u| !u.trim().is_empty()) {
-            Some(url) => (loader::postgres(app("db-loader").ok_or("no db-loader")?, &url).await?, url),
-            None => {
-                let dir = PathBuf::from(env_or("STROM_STATE_DIR", "./state/sensor-demo")).join("database");
+        let (emsc_url, replay) = match std::env::var("QUAKE_REPLAY").ok().filter(|f| !f.trim().is_empty()) {
+            _ if !runs("quake-source") => (None, None),
+            Some(file) => {
+                let recording = Recording::load(&file).map_err(|e| format!("QUAKE_REPLAY={file}: {e}"))?;
+                let speed = env_parse::<f64>("QUAKE_REPLAY_SPEED", 1.0)?;
+                let stand_in = EmscStandIn::start((Ipv4Addr::LOCALHOST, 0)).await?;
+                drop(stand_in.replay(recording, Replay::at_speed(speed).rebased(true)));
+                (Some(stand_in.url()), Some(stand_in))
+            }
+            None => (Some(quake::source::emsc_url()), None),
+        };
+        let apps = services.iter().map(|&(id, port)| build(id, port, &broker).map(|app| (id, app)));
+        let apps = apps.collect::<stream_core::Result<Vec<_>>>()?;
+        let loader_app = apps.iter().find(|(id, _)| matches!(*id, "db-loader" | "quake-loader")).map(|(_, a)| a);
+        let (db, database) = match (std::env::var("DATABASE_URL").ok().filter(|u| !u.trim().is_empty()), loader_app) {
+            (Some(url), Some(app)) => (Some(loader::postgres(app, &url).await?), url),
+            (_, None) => (None, "(none)".to_owned()),
+            (None, Some(_)) => {
+                let dir = PathBuf::from(env_or("STROM_STATE_DIR", "./state/strom-demo")).join("database");
                 let embedded = Embedded::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                (Database::Embedded(embedded), dir.display().to_string())
+                (Some(Database::Embedded(embedded)), dir.display().to_string())
             }
         };
+        let db = || db.as_ref().ok_or("no database");
 
         let mut workers = Vec::new();
         for (id, app) in apps {
             match id {
-                "api-gateway" => app.routes(match &db {
+                "api-gateway" => app.routes(match db()? {
                     Database::Embedded(e) => api::router(&app, Source::Embedded(e))?,
                     Database::Postgres(_) => api::router(&app, Source::Postgres(&database))?,
                 }),
-                "db-loader" => loader::load_all(&app, &db),
+                "db-loader" => loader::load_all(&app, db()?),
                 "aggregation" => {
                     aggregation::average(&app, &topics::processed(&app), &topics::averages(&app));
                 }
@@ -81,17 +123,35 @@ impl Demo {
                     processing::normalize(&app, &topics::raw(&app), &topics::processed(&app));
                 }
                 "collection" => {
-                    let client_id = env_or("MQTT_CLIENT_ID", "collection");
-                    collection::collect(&app, MqttSource::new(&app, &mqtt_url, &client_id)?);
+                    let (client_id, url) = (env_or("MQTT_CLIENT_ID", "collection"), mqtt_url.as_deref().unwrap_or(""));
+                    collection::collect(&app, MqttSource::new(&app, url, &client_id)?);
                 }
-                _ => simulator::serve(
+                "sensor-simulator" => simulator::serve(
                     &app,
-                    simulator::Config { mqtt_url: mqtt_url.clone(), ..simulator::Config::from_env()? },
+                    simulator::Config {
+                        mqtt_url: mqtt_url.clone().unwrap_or_default(),
+                        ..simulator::Config::from_env()?
+                    },
                 ),
+                "quake-map" => {
+                    quake::map::serve(&app, &quake::raw(&app), PageSettings::from_env());
+                }
+                "quake-loader" => {
+                    let db = match db()? {
+                        // Its own table, created when missing.
+                        Database::Postgres(_) => quake::loader::postgres(&app, &database).await?,
+                        embedded => embedded.clone(),
+                    };
+                    quake::loader::load(&app, &quake::raw(&app), &db);
+                }
+                _ => {
+                    let url = emsc_url.as_deref().unwrap_or("");
+                    quake::source::source(&app, WebSocketSource::new(&app, url, quake::source::SOURCE_NAME)?);
+                }
             }
             workers.push((id, app.start().await?));
         }
-        Ok(Demo { workers, mqtt_url, broker, database })
+        Ok(Demo { workers, mqtt_url, emsc_url, broker, database, _replay: replay })
     }
 
     /// The address of a service's HTTP endpoint.
@@ -100,24 +160,31 @@ impl Demo {
         Some(SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())))
     }
 
-    /// What a newcomer needs: where the API, its docs and the metrics are.
+    /// What a newcomer needs: where the map, the API, its docs and the metrics are.
     pub fn banner(&self) -> String {
         let url = |service: &str| self.web_addr(service).map_or_else(|| "(no HTTP)".into(), |a| format!("http://{a}"));
-        let mut text = format!(
-            "The sensor pipeline runs: simulated sensors -> MQTT -> collection -> processing -> aggregation -> db-loader -> api-gateway\n\
-             \n  API docs     {api}/docs\n  API          {api}/temperature_latest?sensor_num=1\n               {api}/average?sensor_num=1&timestamp_start=0&timestamp_end=9999999999\n\
-             \n  broker       {}\n  MQTT         {} (publish your own readings to sensors/<n>/temperature)\n  database     {}\n\n  metrics\n",
-            self.broker,
-            self.mqtt_url,
-            self.database,
-            api = url("api-gateway"),
-        );
+        let mut text = String::new();
+        if let Some(mqtt) = &self.mqtt_url {
+            text += &format!(
+                "The sensor pipeline runs: simulated sensors -> MQTT -> collection -> processing -> aggregation -> db-loader -> api-gateway\n\
+                 \n  API docs     {api}/docs\n  API          {api}/temperature_latest?sensor_num=1\n               {api}/average?sensor_num=1&timestamp_start=0&timestamp_end=9999999999\n  \
+                 MQTT         {mqtt} (publish your own readings to sensors/<n>/temperature)\n\n",
+                api = url("api-gateway"),
+            );
+        }
+        if let Some(emsc) = &self.emsc_url {
+            text += &format!(
+                "The earthquake pipeline runs: EMSC websocket -> quake-source -> quakes.raw -> quake-loader, quake-map\n\
+                 \n  map          {map}/\n  quakes       {map}/api/quakes?min_mag=3\n  live         {map}/api/quakes/stream\n  EMSC         {emsc}\n\n",
+                map = url("quake-map"),
+            );
+        }
+        text += &format!("  broker       {}\n  database     {}\n\n  metrics\n", self.broker, self.database);
         for (id, _) in self.workers.iter().rev() {
             text += &format!("    {id:<17}{}/metrics\n", url(id));
         }
         text + "\nCtrl-C stops it."
     }
-
     /// Runs until SIGINT or SIGTERM, or until a service stops on its own; then
     /// stops them all, upstream first, so each drains what the one before sent.
     pub async fn run_until_signal(mut self) -> Result<(), Error> {

@@ -7,8 +7,19 @@
 //! `ON CONFLICT DO NOTHING`), so replays add nothing; a batch is on disk
 //! before [`insert`](Embedded::insert) returns, so the loader commits its
 //! offsets only after its rows are durable.
+//!
+//! It also keeps the rows quake-loader writes to the Postgres table `quakes`:
+//! the tree `quakes`, one entry per `unid` holding the [`Quake`] as JSON, with
+//! the table's rule that a version replaces the stored one only when its
+//! `lastupdate` is later ([`Quake::supersedes`]); see
+//! [`upsert_quakes`](Embedded::upsert_quakes).
 
 use std::path::Path;
+
+use crate::quake::records::Quake;
+
+/// The tree of the quakes, keyed by `unid`.
+const QUAKES: &str = "quakes";
 
 /// One row as the API reads it: the sensor's time in epoch milliseconds and the value.
 pub type Point = (i64, f64);
@@ -58,6 +69,28 @@ impl Embedded {
         tree.range(key(sensor, from_ms)..=key(sensor, to_ms)).rev().map(|kv| kv.map(|(k, v)| point(&k, &v))).collect()
     }
 
+    /// Writes each quake as the entry of its `unid`, unless the stored
+    /// version was revised as late or later (a stale update or a replay
+    /// changes nothing), in order, so that of several versions of one `unid`
+    /// the latest `lastupdate` stays. Returns how many entries were added or
+    /// replaced, once they are on disk. The work runs on a blocking thread.
+    pub async fn upsert_quakes(&self, quakes: impl IntoIterator<Item = Quake>) -> Result<u64, sled::Error> {
+        let quakes: Vec<Quake> = quakes.into_iter().collect();
+        if quakes.is_empty() {
+            return Ok(0);
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || upsert_quakes(&db, &quakes))
+            .await
+            .map_err(|e| sled::Error::Io(std::io::Error::other(format!("the quake upsert did not finish: {e}"))))?
+    }
+
+    /// The stored version of the quake `unid`, if any.
+    pub fn quake(&self, unid: &str) -> Result<Option<Quake>, sled::Error> {
+        let tree = self.db.open_tree(QUAKES)?;
+        tree.get(unid)?.map(|json| serde_json::from_slice(&json).map_err(|e| invalid(&e))).transpose()
+    }
+
     /// `sensor`'s newest row of `table`, if any.
     pub fn latest(&self, table: &str, sensor: u32) -> Result<Option<Point>, sled::Error> {
         let tree = self.db.open_tree(table)?;
@@ -67,6 +100,45 @@ impl Embedded {
             .transpose()?
             .map(|(k, v)| point(&k, &v)))
     }
+}
+
+/// What [`Embedded::upsert_quakes`] does, on the calling thread.
+fn upsert_quakes(db: &sled::Db, quakes: &[Quake]) -> Result<u64, sled::Error> {
+    let tree = db.open_tree(QUAKES)?;
+    let mut changed = 0;
+    for quake in quakes {
+        let json = serde_json::to_vec(quake).map_err(|e| invalid(&e))?;
+        let mut current = tree.get(&quake.unid)?;
+        loop {
+            if let Some(stored) = &current {
+                match serde_json::from_slice::<Quake>(stored) {
+                    Ok(stored) if !quake.supersedes(&stored) => break,
+                    Ok(_) => {}
+                    // Not written by this module: the new version replaces it.
+                    Err(e) => {
+                        tracing::warn!(unid = %quake.unid, error = %e, "embedded: an unreadable quake is replaced");
+                    }
+                }
+            }
+            // Compare and swap: another writer of the same unid meanwhile makes us look again.
+            match tree.compare_and_swap(&quake.unid, current.as_ref(), Some(json.as_slice()))? {
+                Ok(()) => {
+                    changed += 1;
+                    break;
+                }
+                Err(conflict) => current = conflict.current,
+            }
+        }
+    }
+    if changed > 0 {
+        tree.flush()?;
+    }
+    Ok(changed)
+}
+
+/// A value that is not (or cannot be) a quake's JSON, as an I/O error.
+fn invalid(e: &serde_json::Error) -> sled::Error {
+    sled::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a quake's JSON: {e}")))
 }
 
 /// The key of a row: the sensor number and the time with its sign bit
@@ -105,6 +177,42 @@ mod tests {
         assert_eq!(db.latest("temperature", 3).unwrap(), None);
         // Tables are apart.
         assert_eq!(db.latest("average", 1).unwrap(), None);
+    }
+
+    fn quake(unid: &str, lastupdate_s: i64, mag: f64) -> Quake {
+        let t = chrono::DateTime::UNIX_EPOCH + chrono::Duration::seconds(1_800_000_000);
+        Quake {
+            action: crate::quake::records::Action::Update,
+            unid: unid.into(),
+            time: t,
+            lastupdate: t + chrono::Duration::seconds(lastupdate_s),
+            lat: 38.1,
+            lon: 21.3,
+            depth: None,
+            mag,
+            magtype: Some("ml".into()),
+            flynn_region: None,
+            auth: None,
+            evtype: None,
+            source_id: None,
+            source_catalog: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_quake_is_replaced_only_by_a_later_revision() {
+        let db = Embedded::temporary().unwrap();
+        assert_eq!(db.upsert_quakes([quake("a", 0, 4.0), quake("b", 0, 3.0)]).await.unwrap(), 2);
+        // Newer, stale, a replay, another with the same lastupdate: only the newer applies.
+        let (newer, stale, same) = (quake("a", 60, 4.5), quake("a", 30, 9.9), quake("b", 0, 9.9));
+        assert_eq!(db.upsert_quakes([newer.clone(), stale, quake("b", 0, 3.0), same]).await.unwrap(), 1);
+        assert_eq!(db.quake("a").unwrap(), Some(newer));
+        assert_eq!(db.quake("b").unwrap(), Some(quake("b", 0, 3.0)));
+        assert_eq!(db.quake("c").unwrap(), None);
+        // Versions of one unid in one call: the latest stays, whatever the order.
+        assert_eq!(db.upsert_quakes([quake("c", 5, 1.0), quake("c", 9, 2.0), quake("c", 7, 3.0)]).await.unwrap(), 2);
+        assert_eq!(db.quake("c").unwrap(), Some(quake("c", 9, 2.0)));
+        assert_eq!(db.upsert_quakes([]).await.unwrap(), 0);
     }
 
     #[tokio::test]

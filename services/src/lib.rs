@@ -18,6 +18,7 @@ pub mod demo;
 pub mod embedded;
 pub mod loader;
 pub mod processing;
+pub mod quake;
 pub mod records;
 pub mod sensors;
 pub mod service;

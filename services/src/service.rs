@@ -1,7 +1,7 @@
 //! What every service of the pipeline starts with: its [`App`], configured
 //! from the environment, and its own settings from environment variables.
 
-use stream_core::{App, Error, Result};
+use stream_core::{App, AppBuilder, Error, Result};
 
 /// The broker a service uses when `STROM_BROKER` is not set.
 pub const DEFAULT_BROKER: &str = "kafka://127.0.0.1:9092";
@@ -14,8 +14,15 @@ pub const DEFAULT_BROKER: &str = "kafka://127.0.0.1:9092";
 /// default is 5): at a sensor fleet's rates a reading crosses two topics, and
 /// the wait is paid at each (`STROM_KAFKA_LINGER_MS` overrides it).
 pub fn app(id: &str, web_port: u16) -> Result<App> {
+    app_with(id, web_port, |b| b)
+}
+
+/// [`app`], with the service's own defaults set on the builder before the
+/// environment is read (so `STROM_*` variables still override them).
+pub fn app_with(id: &str, web_port: u16, defaults: impl FnOnce(AppBuilder) -> AppBuilder) -> Result<App> {
     stream_core::init_logging();
-    App::builder(id).broker(DEFAULT_BROKER).web_port(web_port).kafka("linger.ms", SERVICE_LINGER_MS).env()?.build()
+    let builder = App::builder(id).broker(DEFAULT_BROKER).web_port(web_port).kafka("linger.ms", SERVICE_LINGER_MS);
+    defaults(builder).env()?.build()
 }
 
 /// The services' `linger.ms`.

@@ -1,5 +1,7 @@
-//! The one-command demo (`sensor-demo`) as a newcomer runs it: nothing outside
-//! the process. Its simulated sensors' data reaches the API; readings
+//! The one-command demo (`strom-demo`) as a newcomer runs it: nothing outside
+//! the process. The earthquake pipeline replays the shipped recording
+//! (`QUAKE_REPLAY`) and its map serves every event; the simulated sensors'
+//! data reaches the API; readings
 //! published by a real MQTT client to its embedded MQTT broker, in both
 //! forms and with a bad one among them, come out of the API in Celsius with
 //! their averages; the docs are served; SIGTERM stops it cleanly, with the
@@ -11,12 +13,15 @@
 mod common;
 mod mqtt;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{Process, WAIT};
 use serde_json::Value;
 use stream_core::App;
 use strom_services::embedded::Embedded;
+use strom_services::quake::emsc::{Frame, Recording};
+use strom_services::quake::records::Quake;
 
 /// The API's answer to `path`, as JSON, once it is 200 and `done` holds.
 async fn wait_api(demo: &Process, path: &str, done: impl Fn(&Value) -> bool) -> Value {
@@ -30,6 +35,66 @@ async fn wait_api(demo: &Process, path: &str, done: impl Fn(&Value) -> bool) -> 
             return json;
         }
         assert!(Instant::now() < deadline, "GET {path}: {status} {body}\n{}", demo.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The recording the README's demo replays.
+const RECORDING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/quakes/recording.jsonl");
+
+/// The events of the recording at their newest versions, with the times the
+/// demo's replay gives them (rebased to now: only their order matters here).
+fn newest_events() -> BTreeMap<String, Quake> {
+    let recording = Recording::load(RECORDING).unwrap();
+    let mut newest: BTreeMap<String, Quake> = BTreeMap::new();
+    for recorded in &recording.frames {
+        let Frame::Text(text) = &recorded.frame else { continue };
+        let Ok(q) = Quake::from_emsc(text) else { continue };
+        if newest.get(&q.unid).is_none_or(|held| q.supersedes(held)) {
+            newest.insert(q.unid.clone(), q);
+        }
+    }
+    newest
+}
+
+/// The HTTP port of the demo's service `app`, from its log (each worker logs
+/// its metrics address, then that it started).
+fn port_of(demo: &Process, app: &str) -> u16 {
+    let log = demo.log();
+    let mut port = None;
+    for line in log.lines() {
+        if let Some(rest) = line.split("metrics at http://").nth(1) {
+            port = rest.split("/metrics").next().and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok());
+        }
+        if line.contains(&format!("worker started app={app} ")) {
+            return port.unwrap_or_else(|| panic!("{app} logged no HTTP address: {log}"));
+        }
+    }
+    panic!("{app} did not start: {log}")
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
+}
+
+async fn wait_get(port: u16, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, body) = http_get(port, path);
+        if status == 200
+            && let Ok(json) = serde_json::from_str::<Value>(&body)
+            && done(&json)
+        {
+            return json;
+        }
+        assert!(Instant::now() < deadline, "GET :{port}{path}: {status} {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -56,9 +121,11 @@ async fn the_demo_runs_the_whole_pipeline_in_one_process() {
         ("MQTT_TOPIC_PREFIX", ""),
         ("SIMULATOR_SENSORS", "3"),
         ("SIMULATOR_RATE", "5"),
+        ("QUAKE_REPLAY", RECORDING),
+        ("QUAKE_REPLAY_SPEED", "0"),
     ];
     // The first HTTP port the demo logs is the API's.
-    let demo = Process::start(env!("CARGO_BIN_EXE_sensor-demo"), &on, &env);
+    let demo = Process::start(env!("CARGO_BIN_EXE_strom-demo"), &on, &env);
 
     // The simulated sensors' readings flow to the API.
     wait_api(&demo, "/temperature_latest?sensor_num=1", |v| v.as_array().is_some_and(|a| a.len() == 1)).await;
@@ -101,15 +168,49 @@ async fn the_demo_runs_the_whole_pipeline_in_one_process() {
     assert!(demo.get("/openapi.json").1.contains("/temperature_latest"));
     assert!(demo.metric("strom_api_requests_total") >= 5.0);
 
+    // The earthquake map serves the replayed recording: every event once, at
+    // its newest version, newest first, with the API's filters.
+    let map = port_of(&demo, "quake-map");
+    let expected = newest_events();
+    let quakes = wait_get(map, "/api/quakes?limit=5000", |v| {
+        v["features"].as_array().is_some_and(|f| f.len() == expected.len())
+    })
+    .await;
+    let features = quakes["features"].as_array().unwrap();
+    for feature in features {
+        let newest = &expected[feature["id"].as_str().unwrap()];
+        assert_eq!(feature["properties"]["mag"], newest.mag, "{feature}");
+    }
+    let times: Vec<&str> = features.iter().map(|f| f["properties"]["time"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    let big = wait_get(map, "/api/quakes?min_mag=5&limit=5000", |_| true).await;
+    assert_eq!(big["features"].as_array().unwrap().len(), expected.values().filter(|q| q.mag >= 5.0).count());
+    assert_eq!(http_get(map, "/api/quakes?limit=nope").0, 422);
+    let (status, page) = http_get(map, "/");
+    assert_eq!(status, 200);
+    assert!(page.contains("leaflet"), "{page}");
+
     let (code, _, log) = demo.terminate().await;
     assert_eq!(code, 0, "{log}");
-    for service in ["sensor-simulator", "collection", "processing", "aggregation", "db-loader", "api-gateway"] {
+    for service in [
+        "sensor-simulator",
+        "collection",
+        "processing",
+        "aggregation",
+        "db-loader",
+        "api-gateway",
+        "quake-source",
+        "quake-loader",
+        "quake-map",
+    ] {
         assert!(log.contains(&format!("worker stopped app={service}")), "{service}: {log}");
     }
     // The rows are on disk, in the embedded database.
     let db = Embedded::open(&state.join("database")).unwrap();
     assert_eq!(db.range("temperature", 4242, 0, i64::MAX).unwrap().len(), 12);
     assert_eq!(db.latest("average", 4242).unwrap().map(|(_, v)| v), Some(26.5));
+    let first = expected.values().next().unwrap();
+    assert_eq!(db.quake(&first.unid).unwrap().map(|q| q.mag), Some(first.mag));
     drop(db);
     std::fs::remove_dir_all(&state).unwrap();
 }

@@ -77,6 +77,11 @@ impl Process {
         }
     }
 
+    /// The port of its HTTP endpoint.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
     pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }

@@ -720,7 +720,7 @@ impl<K: Payload, V: Payload> Changes<K, V> {
             match decoded {
                 Ok(change) => return Some(change),
                 Err(e) => {
-                    tracing::warn!(table = %self.table.inner.name, error = %e, "a change that does not decode is skipped")
+                    tracing::warn!(table = %self.table.inner.name, error = %e, "a change that does not decode is skipped");
                 }
             }
         }
