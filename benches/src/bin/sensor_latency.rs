@@ -15,7 +15,8 @@
 //! 127.0.0.1:9092), Mosquitto on 127.0.0.1:1883 and PostgreSQL on 127.0.0.1:5432.
 //!
 //! `LATENCY_BROKER=memory` runs the same services in one process instead
-//! (`sensor-demo` on `memory://`, with the same Mosquitto and PostgreSQL):
+//! (`strom-demo` on `memory://` with `DEMO_SYSTEMS=sensors`, with the same
+//! Mosquitto and PostgreSQL):
 //! the pipeline without the broker's share of the latency.
 //!
 //! The services' consumers fetch with `fetch.wait.max.ms` 2 unless
@@ -66,7 +67,7 @@ fn main() -> Res<()> {
     let mut services = Services(Vec::new());
     let in_process = std::env::var("LATENCY_BROKER").is_ok_and(|b| b == "memory");
     let (names, broker_url): (&[&str], String) = if in_process {
-        (&["sensor-demo"], "memory://".into())
+        (&["strom-demo"], "memory://".into())
     } else {
         (&["db-loader", "processing", "collection"], format!("kafka://{broker}"))
     };
@@ -85,6 +86,7 @@ fn main() -> Res<()> {
             .env("MQTT_TOPIC_PREFIX", &mqtt_prefix)
             .env("MQTT_CLIENT_ID", format!("{run}-collection"))
             .env("SIMULATOR_SENSORS", "0")
+            .env("DEMO_SYSTEMS", "sensors")
             .env("RUST_LOG", "warn")
             .env("STROM_KAFKA_FETCH_WAIT_MAX_MS", &fetch_wait)
             .stdout(Stdio::null())
