@@ -3,7 +3,11 @@
 #   - a Kafka-protocol broker (Tansu) on 127.0.0.1:9092, installed with cargo
 #     when missing and started unless something already answers there;
 #   - PostgreSQL on 127.0.0.1:5432 and Mosquitto on 127.0.0.1:1883, started when
-#     installed but stopped.
+#     installed but stopped;
+#   - the programs the deployment tests run: nginx (`nginx -t` on the load
+#     balancer's config, and nginx in front of two map backends) and promtool
+#     (Debian package prometheus), installed with apt-get when missing (as root;
+#     otherwise the script says what to install).
 # Anything that cannot be provided is a loud failure, never a skipped test.
 #
 # Usage: scripts/test-env.sh up      start what is missing; prints the pid of a
@@ -89,8 +93,36 @@ mosquitto_up() {
     fi
 }
 
+# Debian packages providing the programs the tests run, when missing: a list of
+# "command:package" pairs. Installed as root; anyone else is told what to install.
+tools_up() {
+    local missing=() pair
+    for pair in "$@"; do
+        # nginx lives in /usr/sbin, which a user's PATH may lack.
+        command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
+    done
+    [ "${#missing[@]}" -eq 0 ] && return
+    if [ "$(id -u)" -ne 0 ]; then
+        fail "the tests need the Debian packages ${missing[*]}: run 'sudo apt-get install ${missing[*]}' (or this script as root)"
+    fi
+    say "installing ${missing[*]} (apt-get)"
+    # The services must not start on their own (nginx on :80, a Prometheus
+    # server on :9090): the tests run the programs themselves.
+    local policy=/usr/sbin/policy-rc.d created=no
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=yes
+    fi
+    local installed=yes
+    apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || installed=no
+    if [ "$created" = yes ]; then rm -f "$policy"; fi
+    [ "$installed" = yes ] || fail "apt-get install ${missing[*]} failed"
+}
+
 case "${1:-up}" in
     up)
+        tools_up nginx:nginx promtool:prometheus
         kafka_up
         postgres_up
         mosquitto_up

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use stream_core::{AppBuilder, Change, GlobalTable};
 use stream_core::prelude::*;
 use stream_core::testing::TestDriver;
+use stream_core::{AppBuilder, Change, GlobalTable};
 
 mod common;
 use common::{Env, WAIT};

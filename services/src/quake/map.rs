@@ -15,7 +15,8 @@
 //!   after it), `min_mag`, `limit` (default [`DEFAULT_LIMIT`], at most
 //!   [`MAX_LIMIT`]). A bad parameter is a 422 `{"error": "..."}`.
 //! - `GET /api/quakes/stream`: server-sent events, one `data:` line per
-//!   create or update (the feature as JSON), a keepalive comment every 15 s.
+//!   create or update (the feature as JSON), a comment when the client
+//!   connects and a keepalive comment every 15 s.
 //!   Each client may fall [`STREAM_BUFFER`] events behind; a client slower
 //!   than that is disconnected (it reconnects and reloads), never buffered
 //!   without limit.
@@ -39,7 +40,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use stream_core::metrics::prometheus_client::metrics::counter::Counter;
 use stream_core::metrics::prometheus_client::metrics::family::Family;
 use stream_core::metrics::prometheus_client::metrics::gauge::Gauge;
@@ -367,7 +368,9 @@ async fn stream(State(map): State<QuakeMap>) -> Sse<impl Stream<Item = Result<Ss
             Err(broadcast::error::RecvError::Closed) => None,
         }
     });
-    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive"))
+    // A comment at once: the client (and any proxy between) sees the stream open.
+    let hello = futures::stream::once(async { Ok(SseEvent::default().comment("connected")) });
+    Sse::new(hello.chain(events)).keep_alive(KeepAlive::new().interval(KEEPALIVE).text("keepalive"))
 }
 
 /// One event-stream client; counted while it is connected.
