@@ -96,26 +96,34 @@ impl Demo {
         };
         let apps = services.iter().map(|&(id, port)| build(id, port, &broker).map(|app| (id, app)));
         let apps = apps.collect::<stream_core::Result<Vec<_>>>()?;
-        let loader_app = apps.iter().find(|(id, _)| matches!(*id, "db-loader" | "quake-loader")).map(|(_, a)| a);
-        let (db, database) = match (std::env::var("DATABASE_URL").ok().filter(|u| !u.trim().is_empty()), loader_app) {
-            (Some(url), Some(app)) => (Some(loader::postgres(app, &url).await?), url),
-            (_, None) => (None, "(none)".to_owned()),
-            (None, Some(_)) => {
+        // Postgres at DATABASE_URL, else the embedded database: each loader
+        // connects (and creates its own tables) on its own app.
+        let database_url = std::env::var("DATABASE_URL").ok().filter(|u| !u.trim().is_empty());
+        let needs_db = ["api-gateway", "db-loader", "quake-loader"].into_iter().any(runs);
+        let (embedded, database) = match &database_url {
+            _ if !needs_db => (None, "(none)".to_owned()),
+            Some(url) => (None, url.clone()),
+            None => {
                 let dir = PathBuf::from(env_or("STROM_STATE_DIR", "./state/strom-demo")).join("database");
                 let embedded = Embedded::open(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                (Some(Database::Embedded(embedded)), dir.display().to_string())
+                (Some(embedded), dir.display().to_string())
             }
         };
-        let db = || db.as_ref().ok_or("no database");
 
         let mut workers = Vec::new();
         for (id, app) in apps {
             match id {
-                "api-gateway" => app.routes(match db()? {
-                    Database::Embedded(e) => api::router(&app, Source::Embedded(e))?,
-                    Database::Postgres(_) => api::router(&app, Source::Postgres(&database))?,
+                "api-gateway" => app.routes(match &embedded {
+                    Some(e) => api::router(&app, Source::Embedded(e))?,
+                    None => api::router(&app, Source::Postgres(&database))?,
                 }),
-                "db-loader" => loader::load_all(&app, db()?),
+                "db-loader" => {
+                    let db = match &embedded {
+                        Some(e) => Database::Embedded(e.clone()),
+                        None => loader::postgres(&app, &database).await?,
+                    };
+                    loader::load_all(&app, &db);
+                }
                 "aggregation" => {
                     aggregation::average(&app, &topics::processed(&app), &topics::averages(&app));
                 }
@@ -137,10 +145,9 @@ impl Demo {
                     quake::map::serve(&app, &quake::raw(&app), PageSettings::from_env());
                 }
                 "quake-loader" => {
-                    let db = match db()? {
-                        // Its own table, created when missing.
-                        Database::Postgres(_) => quake::loader::postgres(&app, &database).await?,
-                        embedded => embedded.clone(),
+                    let db = match &embedded {
+                        Some(e) => Database::Embedded(e.clone()),
+                        None => quake::loader::postgres(&app, &database).await?,
                     };
                     quake::loader::load(&app, &quake::raw(&app), &db);
                 }
