@@ -18,8 +18,9 @@ use serde_json::{Value, json};
 use stream_core::prelude::*;
 use stream_core::testing::TestDriver;
 use strom_services::api::{self, Source};
+use strom_services::loader::{self, Database};
 use strom_services::records::{AVERAGES, Average, PARTITIONS, PROCESSED, Temperature};
-use strom_services::{loader, topics};
+use strom_services::topics;
 
 // The process helper of the examples' tests: a worker binary as an operator runs it.
 #[path = "../../examples/tests/common/mod.rs"]
@@ -133,7 +134,11 @@ async fn start(db: &TestDb) -> Loaded {
     let app = TestDriver::builder_on(&format!("memory://{}", db.name()), "db-loader").web_port(0).build().unwrap();
     let processed = topics::processed(&app);
     let averages = topics::averages(&app);
-    let pg = tokio::time::timeout(WAIT, loader::postgres(&app, &db.url())).await.unwrap().unwrap();
+    let pg = loader::postgres(&app, &db.url()).await.unwrap();
+    // The schema is created in the background; the API's tests start once it is.
+    if let Database::Postgres(p) = &pg {
+        tokio::time::timeout(WAIT, p.schema_ready()).await.unwrap().unwrap();
+    }
     loader::load_all(&app, &pg);
     app.routes(api::router(&app, Source::Postgres(&db.url())).unwrap());
     let driver = TestDriver::start(&app).await.unwrap();

@@ -220,7 +220,9 @@ async fn the_schema_is_created_with_the_database_and_again_without_harm() {
     tokio::time::timeout(BOUND, async {
         for _ in 0..2 {
             let app = TestDriver::app("quake-schema");
-            tokio::time::timeout(WAIT, loader::postgres(&app, &db.url())).await.unwrap().unwrap();
+            // The loader creates the schema before its first rows; here, at once.
+            let Database::Postgres(pg) = loader::postgres(&app, &db.url()).await.unwrap() else { unreachable!() };
+            tokio::time::timeout(WAIT, pg.schema_ready()).await.unwrap().unwrap();
         }
         let client = db.connect().await.unwrap();
         let sql = "SELECT column_name, data_type, is_nullable FROM information_schema.columns \

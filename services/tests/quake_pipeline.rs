@@ -99,14 +99,7 @@ async fn emsc_to_postgres_and_two_map_replicas_with_the_loader_killed() {
     let url = stand_in.url();
 
     let recording = sample_recording();
-    let valid: Vec<Quake> = recording
-        .frames
-        .iter()
-        .filter_map(|r| match &r.frame {
-            Frame::Text(text) => Quake::from_emsc(text).ok(),
-            Frame::Binary(_) => None,
-        })
-        .collect();
+    let valid = sample_quakes();
     let expected = newest(&valid);
     assert!(expected.len() >= 50 && valid.len() > expected.len(), "the recording has events and updates");
 
@@ -204,4 +197,93 @@ async fn emsc_to_postgres_and_two_map_replicas_with_the_loader_killed() {
         let (code, _, log) = process.terminate().await;
         assert_eq!(code, 0, "{log}");
     }
+}
+
+/// Forwards connections from a port of its own to PostgreSQL once `open`
+/// is set; until then the port refuses them, as a database that is down does.
+struct Gate {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    async fn closed() -> Gate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let is_open = open.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                // Closed: the connection is dropped at once.
+                if !is_open.load(std::sync::atomic::Ordering::Acquire) {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect("127.0.0.1:5432").await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Gate { port, open, task }
+    }
+
+    fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// quake-loader started while its database is down: it stays up (healthy),
+/// waits, and loads everything once the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loader_waits_for_a_database_that_is_down() {
+    let kafka = kafka_url();
+    let app = TestDriver::app_on(&kafka, "quakes-down");
+    let raw = strom_services::quake::raw(&app);
+    let driver = TestDriver::start(&app).await.unwrap();
+    let db = pg::TestDb::new("quakes_down");
+    let gate = Gate::closed().await;
+    let url = db.url().replace("127.0.0.1:5432", &format!("127.0.0.1:{}", gate.port));
+    assert_ne!(url, db.url(), "the test database is on 127.0.0.1:5432");
+
+    let quakes: Vec<Quake> = newest(&sample_quakes()).into_values().take(10).collect();
+    for q in &quakes {
+        raw.send_record(q).await.unwrap().await.unwrap();
+    }
+    let loader = Process::start(env!("CARGO_BIN_EXE_quake-loader"), &app, &[("DATABASE_URL", &url)]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(loader.get("/health").0, 200, "waiting is not failing: {}", loader.log());
+    assert!(rows(&db).await.is_empty());
+
+    gate.open();
+    let loaded = wait_for("the rows once the database is up", async || {
+        let rows = rows(&db).await;
+        (rows.len() == quakes.len()).then_some(rows)
+    })
+    .await;
+    for q in &quakes {
+        assert_eq!(loaded[&q.unid], (rfc3339(&q.lastupdate), q.mag));
+    }
+    let (code, _, log) = loader.terminate().await;
+    assert_eq!(code, 0, "{log}");
+    driver.stop().await.unwrap();
+}
+
+/// The valid events of the shipped recording.
+fn sample_quakes() -> Vec<Quake> {
+    sample_recording()
+        .frames
+        .iter()
+        .filter_map(|r| match &r.frame {
+            Frame::Text(text) => Quake::from_emsc(text).ok(),
+            Frame::Binary(_) => None,
+        })
+        .collect()
 }

@@ -540,17 +540,27 @@ async fn idle_window_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
     }
 }
 
-/// How often global tables and standby partitions catch up with their changelogs.
+/// How often standby partitions catch up with their changelogs.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// How often global tables do: their changes are what a live view (a map
+/// replica's event stream) shows, so they are followed closely. A round that
+/// applied something is followed by another at once.
+const FOLLOW_GLOBAL_EVERY: Duration = Duration::from_millis(20);
 
 /// Keeps global tables and standby partitions current.
 async fn follow_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let every = if shared.tables.has_global() { FOLLOW_GLOBAL_EVERY } else { FOLLOW_EVERY };
     loop {
-        if let Err(e) = shared.tables.follow().await {
-            tracing::warn!(error = %e, "following table changelogs failed; retrying");
-        }
+        let pause = match shared.tables.follow().await {
+            Ok(applied) if applied > 0 => Duration::ZERO,
+            Ok(_) => every,
+            Err(e) => {
+                tracing::warn!(error = %e, "following table changelogs failed; retrying");
+                FOLLOW_EVERY
+            }
+        };
         tokio::select! {
-            () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            () = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

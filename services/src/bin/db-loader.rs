@@ -7,7 +7,7 @@ use strom_services::{loader, service};
 #[tokio::main]
 async fn main() -> Result<(), stream_core::BoxError> {
     let app = service::app("db-loader", 7005)?;
-    // The tables, created (with the database) when missing; waits for Postgres.
+    // The database and tables are created (when missing) before the first rows.
     let db = loader::postgres(&app, &loader::database_url()).await?;
     loader::load_all(&app, &db);
     app.main().await?;

@@ -7,7 +7,7 @@ use strom_services::{loader, quake, service};
 #[tokio::main]
 async fn main() -> Result<(), stream_core::BoxError> {
     let app = service::app("quake-loader", 7102)?;
-    // The table, created (with the database) when missing; waits for Postgres.
+    // The database and table are created (when missing) before the first rows.
     let db = quake::loader::postgres(&app, &loader::database_url()).await?;
     quake::loader::load(&app, &quake::raw(&app), &db);
     app.main().await?;

@@ -77,13 +77,20 @@ const COLUMNS: &[&str] = &[
 /// [`take_ready`](stream_core::EventStream::take_ready)).
 const BATCH: usize = 500;
 
-/// The Postgres database at `url` (a `DATABASE_URL`), created with
-/// [`SCHEMA`] when missing, its connector's metrics on the app's registry.
-/// Waits for Postgres while it cannot be reached.
+/// The Postgres database at `url` (a `DATABASE_URL`), its connector's
+/// metrics on the app's registry. The database (when missing) and
+/// [`SCHEMA`] are created as soon as Postgres answers, in the background,
+/// and before the first insert in any case: the service starts at once, and
+/// its agents wait for Postgres while it cannot be reached.
 pub async fn postgres(app: &App, url: &str) -> Result<Database, PgError> {
-    let db = Postgres::connect_lazy(url)?.create_database_if_missing();
+    let db = Postgres::connect_lazy(url)?.create_database_if_missing().with_schema(SCHEMA);
     db.register_metrics(app.metrics());
-    db.ensure_schema(SCHEMA).await?;
+    let early = db.clone();
+    tokio::spawn(async move {
+        if let Err(e) = early.schema_ready().await {
+            tracing::error!(error = %e, "creating the schema failed");
+        }
+    });
     Ok(Database::Postgres(db))
 }
 

@@ -174,6 +174,8 @@ pub struct Postgres {
     settings: Arc<Settings>,
     pool: Arc<Mutex<Vec<Conn>>>,
     metrics: PgMetrics,
+    /// Set once [`Settings::schema`] was created.
+    schema_ready: Arc<tokio::sync::OnceCell<()>>,
 }
 
 #[derive(Clone)]
@@ -183,6 +185,8 @@ struct Settings {
     first_backoff: Duration,
     max_backoff: Duration,
     create_database: bool,
+    /// The schema created before the first insert ([`Postgres::with_schema`]).
+    schema: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -331,9 +335,11 @@ impl Postgres {
                 first_backoff: Duration::from_millis(100),
                 max_backoff: Duration::from_secs(5),
                 create_database: false,
+                schema: None,
             }),
             pool: Arc::default(),
             metrics: PgMetrics::default(),
+            schema_ready: Arc::default(),
         })
     }
 
@@ -343,6 +349,27 @@ impl Postgres {
     pub fn create_database_if_missing(mut self) -> Postgres {
         Arc::make_mut(&mut self.settings).create_database = true;
         self
+    }
+
+    /// Creates the schema `sql` (as [`ensure_schema`](Self::ensure_schema)
+    /// does) before the first insert of any sink on this handle or its
+    /// clones, once. A service can then start at once, serve its health
+    /// endpoint and wait for the database in its agents, where the stream
+    /// backs up as it does for any outage, rather than before it starts.
+    pub fn with_schema(mut self, sql: &str) -> Postgres {
+        Arc::make_mut(&mut self.settings).schema = Some(Arc::from(sql));
+        self
+    }
+
+    /// Creates the schema of [`with_schema`](Self::with_schema) unless it
+    /// was already (waiting and retrying while the database is unreachable);
+    /// every insert does this first. Spawn it at start to have the schema as
+    /// soon as the database answers, without waiting for it.
+    pub async fn schema_ready(&self) -> Result<(), PgError> {
+        if let Some(sql) = &self.settings.schema {
+            self.schema_ready.get_or_try_init(|| self.ensure_schema(sql)).await?;
+        }
+        Ok(())
     }
 
     /// Waits `first` after the first failure, doubling up to `max` (default
@@ -591,6 +618,7 @@ impl PgSink {
             if rows.is_empty() {
                 return Ok(0);
             }
+            self.db.schema_ready().await?;
             let mut statements = Vec::new();
             let per_statement = self.max_rows.min(MAX_PARAMS / self.columns.max(1)).max(1);
             for (index, chunk) in rows.chunks(per_statement).enumerate() {

@@ -140,20 +140,23 @@ impl Tables {
     }
 
     /// Brings global tables and standby partitions up to their changelogs'
-    /// ends (called periodically).
-    pub(crate) async fn follow(&self) -> Result<()> {
-        let Ok(store) = self.store() else { return Ok(()) };
+    /// ends (called periodically); returns how many records it applied. A
+    /// global table's partitions are read side by side.
+    pub(crate) async fn follow(&self) -> Result<u64> {
+        let Ok(store) = self.store() else { return Ok(0) };
+        let mut applied = 0;
+        for table in self.tables.iter().filter(|t| t.global) {
+            let rounds = table.served().into_iter().map(|part| async move {
+                let from = part.next_offset();
+                let (next, n) = catch_up(table, &part.store, part.partition, from, &table.stats.replayed).await?;
+                part.set_next_offset(next);
+                Ok::<u64, Error>(n)
+            });
+            applied += futures::future::try_join_all(rounds).await?.into_iter().sum::<u64>();
+        }
         let mut standbys = self.standbys.lock().await;
         for (index, table) in self.tables.iter().enumerate() {
-            if table.global {
-                for part in table.served() {
-                    let from = part.next_offset();
-                    let (next, _) = catch_up(table, &part.store, part.partition, from, &table.stats.replayed).await?;
-                    part.set_next_offset(next);
-                }
-                continue;
-            }
-            if table.standby_replicas() == 0 {
+            if table.global || table.standby_replicas() == 0 {
                 continue;
             }
             for partition in 0..table.partition_count() {
@@ -167,12 +170,18 @@ impl Tables {
                         Standby { store, next: from }
                     }
                 };
-                let (next, _) =
+                let (next, n) =
                     catch_up(table, &standby.store, partition, standby.next, &table.stats.standby_applied).await?;
+                applied += n;
                 standbys.insert((index, partition), Standby { store: standby.store, next });
             }
         }
-        Ok(())
+        Ok(applied)
+    }
+
+    /// Whether a global table is followed (its changes should show soon).
+    pub(crate) fn has_global(&self) -> bool {
+        self.tables.iter().any(|t| t.global)
     }
 
     /// Checkpoints and lets go of the table partitions of revoked topic
