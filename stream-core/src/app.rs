@@ -50,6 +50,11 @@ pub struct AppConfig {
     pub kafka: BTreeMap<String, String>,
     /// Where tables keep their partitions on the worker.
     pub table_store: TableStore,
+    /// How often global tables read their changelogs' new records when
+    /// there were none (`STROM_GLOBAL_TABLE_FOLLOW_MS`): a change shows on
+    /// every worker within about this long, and each round is one read of
+    /// each partition (a fetch on Kafka).
+    pub global_table_follow: Duration,
 }
 
 /// Where tables keep their partitions on the worker (`STROM_TABLE_STORE`).
@@ -81,6 +86,7 @@ impl AppConfig {
             replication: 1,
             kafka: BTreeMap::new(),
             table_store: TableStore::Sled,
+            global_table_follow: Duration::from_millis(20),
         }
     }
 
@@ -88,7 +94,8 @@ impl AppConfig {
     /// `STROM_WEB_PORT` (a number, or `off`), `STROM_WEB_HOST` (an IP
     /// address), `STROM_TOPIC_PREFIX`,
     /// `STROM_COMMIT_INTERVAL_MS`, `STROM_SHUTDOWN_TIMEOUT_MS`,
-    /// `STROM_REPLICATION`, `STROM_TABLE_STORE` (`sled` or `memory`) and every
+    /// `STROM_REPLICATION`, `STROM_TABLE_STORE` (`sled` or `memory`),
+    /// `STROM_GLOBAL_TABLE_FOLLOW_MS` and every
     /// `STROM_KAFKA_<PROPERTY>`.
     pub fn apply_env(mut self) -> Result<Self> {
         self.apply_vars(std::env::vars())?;
@@ -114,6 +121,9 @@ impl AppConfig {
                 "STROM_COMMIT_INTERVAL_MS" => self.commit_interval = Duration::from_millis(parse(&name, &value)?),
                 "STROM_SHUTDOWN_TIMEOUT_MS" => self.shutdown_timeout = Duration::from_millis(parse(&name, &value)?),
                 "STROM_REPLICATION" => self.replication = parse(&name, &value)?,
+                "STROM_GLOBAL_TABLE_FOLLOW_MS" => {
+                    self.global_table_follow = Duration::from_millis(parse(&name, &value)?);
+                }
                 "STROM_TABLE_STORE" => {
                     self.table_store = match value.trim() {
                         "sled" => TableStore::Sled,
@@ -211,6 +221,13 @@ impl AppBuilder {
     /// [`AppConfig::topic_prefix`]).
     pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.config.topic_prefix = prefix.into();
+        self
+    }
+
+    /// Sets how often global tables look for new records when they found
+    /// none (default 20 ms; see [`AppConfig::global_table_follow`]).
+    pub fn global_table_follow(mut self, every: Duration) -> Self {
+        self.config.global_table_follow = every;
         self
     }
 

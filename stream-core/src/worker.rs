@@ -542,14 +542,13 @@ async fn idle_window_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) 
 
 /// How often standby partitions catch up with their changelogs.
 const FOLLOW_EVERY: Duration = Duration::from_millis(200);
-/// How often global tables do: their changes are what a live view (a map
-/// replica's event stream) shows, so they are followed closely. A round that
-/// applied something is followed by another at once.
-const FOLLOW_GLOBAL_EVERY: Duration = Duration::from_millis(20);
 
-/// Keeps global tables and standby partitions current.
+/// Keeps global tables and standby partitions current. Global tables are
+/// followed closely (`AppConfig::global_table_follow`): their changes are
+/// what a live view (a map replica's event stream) shows. A round that
+/// applied something is followed by another at once.
 async fn follow_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let every = if shared.tables.has_global() { FOLLOW_GLOBAL_EVERY } else { FOLLOW_EVERY };
+    let every = if shared.tables.has_global() { shared.core.config.global_table_follow } else { FOLLOW_EVERY };
     loop {
         let pause = match shared.tables.follow().await {
             Ok(applied) if applied > 0 => Duration::ZERO,
