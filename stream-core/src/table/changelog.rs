@@ -358,7 +358,17 @@ async fn catch_up(
     let mut writing: Option<tokio::task::JoinHandle<Result<Vec<Write>>>> = None;
     let mut last_log = Instant::now();
     loop {
-        let batch = table.core.transport.read(&tp, from, RECOVERY_BATCH).await?;
+        let batch = match table.core.transport.read(&tp, from, RECOVERY_BATCH).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                // What was read before is applied and told, so a retry that
+                // reads it again finds it held.
+                if let Some(previous) = writing.take() {
+                    applied(table, join(previous).await?);
+                }
+                return Err(e);
+            }
+        };
         let n = batch.messages.len();
         if let Some(last) = batch.messages.last().map(|m| m.offset) {
             let writes = batch.messages.into_iter().filter_map(|m| Some((m.key?, m.value)));
@@ -422,11 +432,15 @@ fn kept(store: &dyn PartitionStore, keep: &Keep, writes: Vec<Write>) -> Result<(
                 Some(held) => held.clone(),
                 None => store.get(&key)?,
             };
-            if let Some(held) = held
-                && !keep(incoming, &held)
-            {
-                skipped += 1;
-                continue;
+            if let Some(held) = held {
+                if held == *incoming {
+                    // The version held, read again: nothing changes.
+                    continue;
+                }
+                if !keep(incoming, &held) {
+                    skipped += 1;
+                    continue;
+                }
             }
         }
         latest.insert(key, value);
