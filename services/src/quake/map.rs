@@ -18,8 +18,10 @@
 //!   create or update (the feature as JSON), a comment when the client
 //!   connects and a keepalive comment every 15 s.
 //!   Each client may fall [`STREAM_BUFFER`] events behind; a client slower
-//!   than that is disconnected (it reconnects and reloads), never buffered
-//!   without limit.
+//!   than that has its stream ended (it reconnects and reloads), never
+//!   buffered without limit. A client that stops reading altogether holds
+//!   no more than that (the events are shared, not copied per client) and
+//!   what its socket buffers hold; its stream ends when it reads again.
 //!
 //! Metrics: `strom_quake_map_events` (events held),
 //! `strom_quake_sse_clients`, `strom_quake_sse_dropped_total` (slow clients
