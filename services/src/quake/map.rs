@@ -41,6 +41,7 @@ use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use stream_core::metrics::prometheus_client::metrics::counter::Counter;
@@ -67,7 +68,16 @@ pub struct QuakeMap {
     index: Arc<RwLock<Index>>,
     live: broadcast::Sender<Arc<str>>,
     metrics: MapMetrics,
+    /// Recent `/api/quakes` answers, by query, with the index version they
+    /// were made from: clients asking the same while nothing changed share
+    /// one body instead of each joining thousands of features.
+    answers: Arc<std::sync::Mutex<HashMap<QueryKey, (u64, Bytes)>>>,
 }
+
+/// A query as a cache key (`since` in ms, `min_mag` as bits).
+type QueryKey = (Option<i64>, Option<u64>, usize);
+/// How many distinct queries' answers are kept.
+const ANSWERS_KEPT: usize = 32;
 
 impl std::fmt::Debug for QuakeMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,6 +96,8 @@ struct Index {
     by_unid: HashMap<String, Held>,
     /// (newest time first, unid): the API's order.
     by_time: BTreeSet<(Reverse<DateTime<Utc>>, String)>,
+    /// Changes with every change of the index.
+    version: u64,
 }
 
 impl Index {
@@ -98,6 +110,7 @@ impl Index {
             self.by_time.remove(&(Reverse(held.quake.time), quake.unid.clone()));
         }
         let feature: Arc<str> = Arc::from(quake.feature().to_string());
+        self.version += 1;
         self.by_time.insert((Reverse(quake.time), quake.unid.clone()));
         self.by_unid.insert(quake.unid.clone(), Held { quake, feature: feature.clone() });
         Some(feature)
@@ -106,6 +119,7 @@ impl Index {
     fn remove(&mut self, unid: &str) {
         if let Some(held) = self.by_unid.remove(unid) {
             self.by_time.remove(&(Reverse(held.quake.time), unid.to_owned()));
+            self.version += 1;
         }
     }
 
@@ -162,6 +176,7 @@ pub fn serve(app: &App, raw: &Topic<String, Quake>, settings: PageSettings) -> Q
         index: Arc::default(),
         live: broadcast::channel(STREAM_BUFFER).0,
         metrics: MapMetrics::register(app),
+        answers: Arc::default(),
     };
     let follower = map.clone();
     app.task("follow-quakes", move |mut shutdown| {
@@ -217,7 +232,7 @@ impl QuakeMap {
     fn reload(&self, table: &GlobalTable<String, Quake>) -> Result<(), stream_core::Error> {
         let entries = table.entries()?;
         let mut index = write(&self.index);
-        *index = Index::default();
+        *index = Index { version: index.version + 1, ..Index::default() };
         for (_, quake) in entries {
             index.offer(quake);
         }
@@ -257,10 +272,10 @@ impl QuakeMap {
         }
     }
 
-    /// The features `query` selects, newest first.
-    fn select(&self, query: &QuakeQuery) -> Vec<Arc<str>> {
+    /// The features `query` selects, newest first, and the index version.
+    fn select(&self, query: &QuakeQuery) -> (u64, Vec<Arc<str>>) {
         let index = read(&self.index);
-        index
+        let features = index
             .by_time
             .iter()
             .take_while(|(Reverse(time), _)| query.since.is_none_or(|since| *time >= since))
@@ -268,7 +283,40 @@ impl QuakeMap {
             .filter(|held| query.min_mag.is_none_or(|min| held.quake.mag >= min))
             .take(query.limit)
             .map(|held| held.feature.clone())
-            .collect()
+            .collect();
+        (index.version, features)
+    }
+
+    /// `/api/quakes`'s body for `query`: the FeatureCollection, made once per
+    /// query and index version.
+    fn answer(&self, query: &QuakeQuery) -> Bytes {
+        let key = (query.since.map(|t| t.timestamp_millis()), query.min_mag.map(f64::to_bits), query.limit);
+        let version = read(&self.index).version;
+        if let Some((v, body)) = lock(&self.answers).get(&key)
+            && *v == version
+        {
+            return body.clone();
+        }
+        let (version, features) = self.select(query);
+        let mut body = String::with_capacity(64 + features.iter().map(|f| f.len() + 1).sum::<usize>());
+        body.push_str(r#"{"type":"FeatureCollection","features":["#);
+        for (i, feature) in features.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(feature);
+        }
+        body.push_str("]}");
+        let body = Bytes::from(body);
+        let mut answers = lock(&self.answers);
+        if answers.len() >= ANSWERS_KEPT {
+            answers.retain(|_, (v, _)| *v == version);
+            if answers.len() >= ANSWERS_KEPT {
+                answers.clear();
+            }
+        }
+        answers.insert(key, (version, body.clone()));
+        body
     }
 }
 
@@ -278,6 +326,10 @@ fn read(index: &RwLock<Index>) -> std::sync::RwLockReadGuard<'_, Index> {
 
 fn write(index: &RwLock<Index>) -> std::sync::RwLockWriteGuard<'_, Index> {
     index.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `/api/quakes`'s parameters, checked.
@@ -337,16 +389,7 @@ async fn quakes(
         Ok(query) => query,
         Err(reason) => return unprocessable(&reason),
     };
-    let features = map.select(&query);
-    let mut body = String::with_capacity(64 + features.iter().map(|f| f.len() + 1).sum::<usize>());
-    body.push_str(r#"{"type":"FeatureCollection","features":["#);
-    for (i, feature) in features.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(feature);
-    }
-    body.push_str("]}");
+    let body = map.answer(&query);
     ([(header::CONTENT_TYPE, "application/geo+json"), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
@@ -431,6 +474,32 @@ mod tests {
         assert_eq!(order, ["a", "b", "c"]);
         assert_eq!(index.by_unid["a"].quake.mag, 3.5);
         assert_eq!(index.by_time.len(), 3);
+    }
+
+    #[test]
+    fn an_answer_is_shared_until_the_events_change() {
+        let app = App::builder("answers").broker("memory://").without_web().build().unwrap();
+        let map = QuakeMap {
+            index: Arc::default(),
+            live: broadcast::channel(STREAM_BUFFER).0,
+            metrics: MapMetrics::register(&app),
+            answers: Arc::default(),
+        };
+        write(&map.index).offer(quake("a", 1, 0, 3.0));
+        let query = QuakeQuery::parse(&params(&[])).unwrap();
+        let first = map.answer(&query);
+        let again = map.answer(&query);
+        assert_eq!(first.as_ptr(), again.as_ptr(), "one body for both");
+        let big = map.answer(&QuakeQuery::parse(&params(&[("min_mag", "4")])).unwrap());
+        assert_eq!(&big[..], br#"{"type":"FeatureCollection","features":[]}"#);
+        write(&map.index).offer(quake("b", 5, 0, 5.0));
+        let after: serde_json::Value = serde_json::from_slice(&map.answer(&query)).unwrap();
+        let ids: Vec<&str> = after["features"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["b", "a"]);
+        // A stale version changes nothing, and the answer stays.
+        let before = map.answer(&query);
+        assert!(write(&map.index).offer(quake("b", 5, -10, 1.0)).is_none());
+        assert_eq!(map.answer(&query).as_ptr(), before.as_ptr());
     }
 
     #[test]
