@@ -66,7 +66,13 @@ pub fn database_url() -> String {
 /// and before the first insert in any case: the service starts at once, and
 /// its agents wait for Postgres while it cannot be reached.
 pub async fn postgres(app: &App, url: &str) -> Result<Database, PgError> {
-    let db = Postgres::connect_lazy(url)?.create_database_if_missing().with_schema(SCHEMA);
+    postgres_with(app, url, SCHEMA)
+}
+
+/// A loader's Postgres database at `url` with its `schema`, as
+/// [`postgres`] says (the earthquake loader's too).
+pub fn postgres_with(app: &App, url: &str, schema: &str) -> Result<Database, PgError> {
+    let db = Postgres::connect_lazy(url)?.create_database_if_missing().with_schema(schema);
     db.register_metrics(app.metrics());
     let early = db.clone();
     tokio::spawn(async move {

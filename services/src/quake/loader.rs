@@ -20,7 +20,7 @@
 
 use std::time::SystemTime;
 
-use stream_core::connect::postgres::{PgError, PgSink, Postgres, ToRow, ToSql};
+use stream_core::connect::postgres::{PgError, PgSink, ToRow, ToSql};
 use stream_core::metrics::prometheus_client::metrics::counter::Counter;
 use stream_core::metrics::prometheus_client::metrics::family::Family;
 use stream_core::prelude::*;
@@ -83,15 +83,7 @@ const BATCH: usize = 500;
 /// and before the first insert in any case: the service starts at once, and
 /// its agents wait for Postgres while it cannot be reached.
 pub async fn postgres(app: &App, url: &str) -> Result<Database, PgError> {
-    let db = Postgres::connect_lazy(url)?.create_database_if_missing().with_schema(SCHEMA);
-    db.register_metrics(app.metrics());
-    let early = db.clone();
-    tokio::spawn(async move {
-        if let Err(e) = early.schema_ready().await {
-            tracing::error!(error = %e, "creating the schema failed");
-        }
-    });
-    Ok(Database::Postgres(db))
+    crate::loader::postgres_with(app, url, SCHEMA)
 }
 
 /// Declares the agent `load-quakes`, which keeps every quake of `raw` as the
