@@ -9,7 +9,7 @@ use crate::service::env_or;
 use crate::topics;
 
 /// The MQTT topic filters collection subscribes to: the richer form and the
-/// seed's (DESIGN.md, "MQTT input").
+/// seed's (README, "The sensor pipeline's services").
 pub const FILTERS: [&str; 2] = ["sensors/+/temperature", "/+/temp"];
 /// The shared-subscription group of collection's replicas.
 pub const SHARE_GROUP: &str = "collection";

@@ -2,7 +2,7 @@
 //! [`RawReading`] of either form into a [`Temperature`] in Celsius, or says
 //! why it cannot ([`Rejected`]).
 //!
-//! The two forms (DESIGN.md, "MQTT input"):
+//! The two forms (README, "The sensor pipeline's services"):
 //!
 //! - the seed's: topic `/sensor<N>/temp`, payload
 //!   `{"timestamp": "1700000000.123", "value": "21"}`;

@@ -1,5 +1,5 @@
 //! The sensor simulator: temperature sensors publishing to MQTT in both forms
-//! the pipeline accepts (DESIGN.md, "MQTT input").
+//! the pipeline accepts (README, "The sensor pipeline's services").
 //!
 //! Sensor `n` (from 1) publishes, every `1 / rate` seconds, a temperature
 //! wandering around 20 °C:

@@ -16,7 +16,7 @@ use compose_spec::{Compose, ListOrMap, Service, ShortOrLong};
 use serde_json::Value as Json;
 
 /// The services built from `services/Dockerfile`: compose service, binary of
-/// strom-services, HTTP port (`STROM_WEB_PORT`). The sensor pipeline (DESIGN.md),
+/// strom-services, HTTP port (`STROM_WEB_PORT`). The sensor pipeline (README),
 /// then the earthquake pipeline, whose map runs as two replicas.
 const SERVICES: [(&str, &str, u16); 10] = [
     ("sensor-simulator", "sensor-simulator", 7001),

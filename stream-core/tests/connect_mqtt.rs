@@ -156,7 +156,7 @@ impl Drop for PrivateBroker {
 
 #[tokio::test]
 async fn both_design_forms_reach_the_topic() {
-    // A private broker, so that the exact filters of DESIGN.md see only this test's messages.
+    // A private broker, so that the exact filters of the collection service see only this test's messages.
     let broker = PrivateBroker::start();
     let app = TestDriver::app("mqtt-forms");
     let raw: Raw = app.topic("sensors.raw");
