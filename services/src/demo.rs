@@ -186,7 +186,8 @@ impl Demo {
                 map = url("quake-map"),
             );
         }
-        text += &format!("  broker       {}\n  database     {}\n\n  metrics\n", self.broker, self.database);
+        let database = without_password(&self.database);
+        text += &format!("  broker       {}\n  database     {database}\n\n  metrics\n", self.broker);
         for (id, _) in self.workers.iter().rev() {
             text += &format!("    {id:<17}{}/metrics\n", url(id));
         }
@@ -213,6 +214,16 @@ impl Demo {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// A database URL as it may be shown: a password in it replaced by `***`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
     }
 }
 
@@ -267,4 +278,19 @@ fn embedded_mqtt() -> Result<String, BoxError> {
         }
     })?;
     Ok(format!("mqtt://127.0.0.1:{port}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn the_banner_shows_no_password() {
+        assert_eq!(without_password("postgres://app:s3cr3t@db:5432/strom"), "postgres://app:***@db:5432/strom");
+        assert_eq!(
+            without_password("postgres://postgres@127.0.0.1:5432/strom"),
+            "postgres://postgres@127.0.0.1:5432/strom"
+        );
+        assert_eq!(without_password("./state/strom-demo/database"), "./state/strom-demo/database");
+    }
 }
