@@ -16,7 +16,7 @@ mod mqtt;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Process, WAIT};
+use common::{Process, WAIT, http_get};
 use serde_json::Value;
 use stream_core::App;
 use strom_services::embedded::Embedded;
@@ -71,17 +71,6 @@ fn port_of(demo: &Process, app: &str) -> u16 {
         }
     }
     panic!("{app} did not start: {log}")
-}
-
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
 }
 
 async fn wait_get(port: u16, path: &str, done: impl Fn(&Value) -> bool) -> Value {

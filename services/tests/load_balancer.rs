@@ -18,14 +18,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
+#[path = "../../examples/tests/common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Process;
+use stream_core::App;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -203,52 +206,21 @@ impl Drop for Nginx {
 
 // ---- the replicas -------------------------------------------------------------
 
-/// A quake-map process on 127.0.0.1, killed when dropped.
+/// A quake-map process on 127.0.0.1 (the tests' `Process`), killed when dropped.
 struct Replica {
-    child: Child,
+    process: Option<Process>,
     addr: SocketAddr,
-    log: Arc<Mutex<String>>,
 }
 
 impl Replica {
     /// Starts quake-map on a port the system picks, and waits until it answers
     /// /health.
     async fn start() -> Replica {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quake-map"))
-            .env("STROM_BROKER", "memory://")
-            .env("STROM_WEB_HOST", "127.0.0.1")
-            .env("STROM_WEB_PORT", "0")
-            .env("STROM_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut replica = Replica { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), log };
+        let on = App::builder("quake-map").broker("memory://").without_web().build().unwrap();
+        let extra = [("STROM_WEB_HOST", "127.0.0.1"), ("STROM_LOG_FORMAT", "json")];
+        let process = Process::start(env!("CARGO_BIN_EXE_quake-map"), &on, &extra);
+        let replica = Replica { addr: SocketAddr::from(([127, 0, 0, 1], process.port())), process: Some(process) };
         let deadline = Instant::now() + Duration::from_secs(30);
-        // Its port: the line `metrics at http://127.0.0.1:<port>/metrics`.
-        while replica.addr.port() == 0 {
-            if let Some(status) = replica.child.try_wait().unwrap() {
-                panic!("quake-map exited with {status}:\n{}", replica.log());
-            }
-            assert!(Instant::now() < deadline, "quake-map did not serve HTTP:\n{}", replica.log());
-            let log = replica.log();
-            if let Some(rest) = log.split("metrics at http://").nth(1) {
-                replica.addr = rest.split("/metrics").next().unwrap().parse().unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         while !get(replica.addr.port(), "/health").await.is_ok_and(|reply| reply.status == 200) {
             assert!(Instant::now() < deadline, "quake-map is not healthy:\n{}", replica.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -257,7 +229,7 @@ impl Replica {
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.as_ref().map(Process::log).unwrap_or_default()
     }
 
     /// The sum of the replica's metric lines that start with `prefix`, asked
@@ -274,14 +246,9 @@ impl Replica {
 
     /// SIGKILL, as a crash: connections refused from now on, open ones reset.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
+        if let Some(process) = self.process.take() {
+            process.kill();
+        }
     }
 }
 

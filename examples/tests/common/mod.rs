@@ -23,6 +23,18 @@ pub(crate) fn kafka_url() -> String {
     format!("kafka://{addr}")
 }
 
+/// `GET path` on 127.0.0.1:`port` (HTTP/1.0): the status and the body.
+pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
 impl Process {
     /// Starts a worker binary on `app`'s broker and topic prefix, with an HTTP
     /// port of its own, and waits until it serves HTTP.
@@ -87,14 +99,7 @@ impl Process {
     }
 
     pub(crate) fn get(&self, path: &str) -> (u16, String) {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-        (status, body)
+        http_get(self.port, path)
     }
 
     pub(crate) async fn wait_ready(&self) {
