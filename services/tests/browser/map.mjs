@@ -197,6 +197,16 @@ async function run(options, state) {
   check(s.state === "connected", `status state ${s.state}, not connected ("${s.status}")`);
   check(s.status.includes(`${features.length} events shown`), `status "${s.status}" does not say ${features.length} events shown`);
 
+  // The world outline: drawn below the tiles, which the test blocks (as offline).
+  const outline = await waitFor(
+    page,
+    () => document.querySelectorAll(".leaflet-world-pane path").length,
+    null,
+    (n) => n >= 100,
+    (n) => `the world outline has ${n} shapes drawn, not the countries`,
+  );
+  log(`world outline: ${outline} shapes`);
+
   // The list: the newest events first, at most 100, their texts as the data has them.
   const byTime = [...features].sort((a, b) => Date.parse(b.properties.time) - Date.parse(a.properties.time));
   const expectedItems = byTime.slice(0, 100);
